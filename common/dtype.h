@@ -18,6 +18,8 @@ size_t DTypeSize(DType dtype);
 std::string_view DTypeName(DType dtype);
 // Parses a safetensors dtype string; InvalidArgument for anything else (U8, F64, ...).
 absl::StatusOr<DType> ParseDType(std::string_view name);
+// F32, BF16 or F16.
+bool IsFloatDType(DType dtype);
 
 inline float Bf16ToF32(uint16_t v) {
   uint32_t bits = static_cast<uint32_t>(v) << 16;
@@ -33,7 +35,10 @@ inline uint16_t F32ToBf16(float f) {
   bits += 0x7fffu + ((bits >> 16) & 1u);
   return static_cast<uint16_t>(bits >> 16);
 }
+// IEEE half <-> float. F16ToF32 is exact (subnormals, infinities, NaN kept); F32ToF16 rounds to
+// nearest even, overflows to infinity and keeps NaN a NaN (as _cvtss_sh / PyTorch do).
 float F16ToF32(uint16_t v);
+uint16_t F32ToF16(float f);
 
 // Converts `count` little-endian elements of a float dtype (F32, BF16, F16) at `src` to float32.
 // `src` need not be aligned. Integer dtypes are not accepted (checked by the caller).
