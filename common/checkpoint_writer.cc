@@ -1,6 +1,7 @@
 // Implementation of common/checkpoint_writer.h.
 #include "common/checkpoint_writer.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <numeric>
@@ -131,7 +132,13 @@ absl::Status WriteCheckpoint(const std::string& dir, const ModelConfig& config,
     weight_map[t.name] = file;
   }
   if (by_file.empty()) by_file["model.safetensors"];  // an empty model still has its file
-  for (const auto& [file, file_tensors] : by_file) {
+  for (auto& [file, file_tensors] : by_file) {
+    // Widest elements first: with the 8-byte-padded header every tensor then starts aligned to
+    // its element size, so readers may use the mapped data in place.
+    std::stable_sort(file_tensors.begin(), file_tensors.end(),
+                     [](const TensorToWrite& a, const TensorToWrite& b) {
+                       return DTypeSize(a.dtype) > DTypeSize(b.dtype);
+                     });
     s = WriteSafetensors(base + file, file_tensors, {{"format", "pt"}});
     if (!s.ok()) return s;
   }

@@ -36,7 +36,8 @@ struct RandomCheckpointOptions {
 std::vector<TensorToWrite> MakeRandomTensors(const ModelConfig& config,
                                              const RandomCheckpointOptions& options = {});
 
-// Creates `dir` if needed and writes config.json plus `tensors` (placed as `split_files` says).
+// Creates `dir` if needed and writes config.json plus `tensors` (placed as `split_files` says;
+// within a file, widest dtype first so that every tensor is aligned to its element size).
 // Tensors are written as given, even when they disagree with the config: tests use this to build
 // malformed checkpoints.
 absl::Status WriteCheckpoint(const std::string& dir, const ModelConfig& config,
