@@ -1,0 +1,51 @@
+// The memory server's Prometheus metrics, built once on a registry and handed to the store and the
+// service. Thread safe.
+#pragma once
+
+#include <array>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace ultramem::memory {
+
+class MemoryMetrics {
+ private:
+  prometheus::Family<prometheus::Counter>& rows_family_;  // first: rows_hot/rows_cold use it
+
+ public:
+  explicit MemoryMetrics(prometheus::Registry& registry);
+
+  // ultramem_memory_lookup_latency_seconds: Lookup RPC time, from decode to reply.
+  prometheus::Histogram& lookup_latency;
+  // ultramem_memory_rocksdb_read_latency_seconds: one batched cold read (MultiGet) of a lookup.
+  prometheus::Histogram& rocksdb_read_latency;
+  // ultramem_memory_rows_served_total{tier="hot"|"cold"}: selections served, by tier.
+  prometheus::Counter& rows_hot;
+  prometheus::Counter& rows_cold;
+  // ultramem_memory_hot_hit_ratio: hot / (hot + cold) selections since start.
+  prometheus::Gauge& hot_hit_ratio;
+  // ultramem_memory_hot_bytes / ultramem_memory_hot_capacity_bytes: hot-tier use and capacity.
+  prometheus::Gauge& hot_bytes;
+  prometheus::Gauge& hot_capacity_bytes;
+  // ultramem_memory_requests_in_flight: Lookup calls being served.
+  prometheus::Gauge& requests_in_flight;
+  // ultramem_memory_store_info{version}: 1 for the version being served.
+  prometheus::Family<prometheus::Gauge>& store_info;
+
+  // ultramem_memory_errors_total{code}: failed calls by gRPC code name (a bounded set).
+  void CountError(absl::StatusCode code);
+  // Adds a lookup's tier counts and refreshes the hit ratio.
+  void CountRows(int64_t hot, int64_t cold);
+
+ private:
+  prometheus::Family<prometheus::Counter>& errors_;
+  std::array<prometheus::Counter*, 17> error_counters_{};
+};
+
+}  // namespace ultramem::memory
