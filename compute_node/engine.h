@@ -64,6 +64,14 @@ class Engine {
 struct EngineOptions {
   std::string backend = "cpu";  // "cpu"; "cuda" when built with CUDA
   int num_threads = 0;          // CPU threads; 0 = one per core
+  // Optional: the checkpoint the weights came from. A backend that can hold the value tables in
+  // its own device memory (cuda) reads memory.{j}.values from here and pools there, leaving the
+  // RowPooler unused (fastest when the tables fit the device); null: every lookup goes through
+  // the RowPooler. The CPU backend ignores it.
+  std::shared_ptr<const Checkpoint> value_source;
+  // cuda: replay decode steps (one token per sequence) from CUDA graphs captured per batch size.
+  // Off: every step is enqueued kernel by kernel (slower at small batches; for comparison).
+  bool cuda_graphs = true;
 };
 
 // The one place that knows which backends exist. `pooler` must outlive the engine; it may be

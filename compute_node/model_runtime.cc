@@ -17,7 +17,12 @@ absl::StatusOr<std::unique_ptr<ModelRuntime>> OpenModelRuntime(const ModelRuntim
                         InProcessPooler::Create(rt->checkpoint));
     rt->pooler = std::move(pooler);
   }
-  UM_ASSIGN_OR_RETURN(rt->engine, CreateEngine(rt->weights, rt->pooler.get(), options.engine));
+  EngineOptions engine_options = options.engine;
+  // In-process mode: a backend that pools in its own device memory reads the tables from here.
+  if (dynamic_cast<InProcessPooler*>(rt->pooler.get()) != nullptr) {
+    engine_options.value_source = rt->checkpoint;
+  }
+  UM_ASSIGN_OR_RETURN(rt->engine, CreateEngine(rt->weights, rt->pooler.get(), engine_options));
   return rt;
 }
 

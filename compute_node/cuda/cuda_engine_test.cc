@@ -1,0 +1,207 @@
+// The CUDA engine end to end against the CPU engine on the same random checkpoint (bf16 weights,
+// so both sides see the same parameters): prefill and batched decode logits within 1e-2 relative
+// error, selections equal on >= 99% of tokens, graph replay equal to eager, host pooling equal to
+// device pooling. Skips, saying why, without a CUDA device.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/checkpoint_writer.h"
+#include "compute_node/cuda/cuda_engine.h"
+#include "compute_node/engine.h"
+#include "compute_node/in_process_pooler.h"
+#include "compute_node/model_runtime.h"
+#include "gtest/gtest.h"
+
+namespace ultramem {
+namespace {
+
+bool NoGpu(std::string* why) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e == cudaSuccess && n > 0) return false;
+  *why = e != cudaSuccess ? cudaGetErrorString(e) : "0 devices";
+  std::fprintf(stderr, "*** GPU TEST SKIPPED: no CUDA device (%s) ***\n", why->c_str());
+  return true;
+}
+
+ModelConfig TestConfig() {
+  ModelConfig c;
+  c.model_type = "ultramem";
+  c.vocab_size = 512;
+  c.hidden_size = 256;
+  c.num_layers = 5;
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 2;
+  c.head_dim = 32;
+  c.intermediate_size = 512;
+  c.max_position_embeddings = 512;
+  MemoryConfig m;
+  m.layers = {{0, 2}, {1, 1}, {2, 4}, {3, 4}};
+  m.knum = 32;
+  m.value_expand = 4;
+  m.key_dim = 64;
+  m.value_dim = 96;
+  m.heads = 2;
+  m.topk = 8;
+  m.tucker_rank = 2;
+  m.tucker_cores = 2;
+  c.memory = m;
+  c.tokenizer.special_tokens = {{"<|bos|>", 256}, {"<|eos|>", 257}};
+  return c;
+}
+
+class CudaEngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (NoGpu(&why)) GTEST_SKIP() << "no CUDA device (" << why << "): GPU tests run on the GPU machine";
+    char tmpl[] = "/tmp/um_cuda_engine_test_XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    std::random_device rd;
+    RandomCheckpointOptions opts;
+    opts.seed = (uint64_t{rd()} << 32) | rd();
+    std::printf("checkpoint seed %llu\n", static_cast<unsigned long long>(opts.seed));
+    opts.scale = 0.2f;
+    opts.float_dtype = DType::kBF16;
+    ASSERT_TRUE(WriteRandomCheckpoint(dir_, TestConfig(), opts).ok());
+    cpu_ = Open("cpu");
+    gpu_ = Open("cuda");
+  }
+  void TearDown() override {
+    cpu_.reset();
+    gpu_.reset();
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+  std::unique_ptr<ModelRuntime> Open(const std::string& backend) {
+    ModelRuntimeOptions ro;
+    ro.model_dir = dir_;
+    ro.engine.backend = backend;
+    auto rt = OpenModelRuntime(ro);
+    EXPECT_TRUE(rt.ok()) << rt.status();
+    return rt.ok() ? std::move(*rt) : nullptr;
+  }
+
+  std::string dir_;
+  std::unique_ptr<ModelRuntime> cpu_, gpu_;
+};
+
+double RowRelErr(const float* a, const float* b, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+// Runs a prefill of `prompt_len` tokens for `batch` sequences, then `steps` batched decode steps,
+// on `engine`; returns every logit row (prefill rows then decode rows) and the selections.
+struct Trace {
+  std::vector<float> logits;
+  std::vector<int64_t> selections;
+};
+Trace RunTrace(Engine* engine, int batch, int prompt_len, int steps, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> tok(0, 511);
+  Trace tr;
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  ForwardOptions fo;
+  fo.record_selections = true;
+  for (int b = 0; b < batch; ++b) {
+    seqs.push_back(engine->NewSequence());
+    std::vector<int32_t> prompt(prompt_len + b);
+    for (auto& t : prompt) t = tok(rng);
+    SequenceInput in{seqs.back().get(), absl::MakeConstSpan(prompt), true};
+    ForwardOutput out;
+    EXPECT_TRUE(engine->Forward({&in, 1}, fo, &out).ok());
+    tr.logits.insert(tr.logits.end(), out.logits.begin(), out.logits.end());
+    tr.selections.insert(tr.selections.end(), out.selections.begin(), out.selections.end());
+  }
+  for (int s = 0; s < steps; ++s) {
+    std::vector<int32_t> next(batch);
+    for (auto& t : next) t = tok(rng);
+    std::vector<SequenceInput> ins;
+    for (int b = 0; b < batch; ++b) ins.push_back({seqs[b].get(), absl::MakeConstSpan(&next[b], 1), false});
+    ForwardOutput out;
+    absl::Status st = engine->Forward(ins, fo, &out);
+    EXPECT_TRUE(st.ok()) << st;
+    tr.logits.insert(tr.logits.end(), out.logits.begin(), out.logits.end());
+    tr.selections.insert(tr.selections.end(), out.selections.begin(), out.selections.end());
+  }
+  return tr;
+}
+
+// Fraction of tokens whose H·m selections agree, given selections laid out as chunks of
+// [J, tokens, K] per Forward call (same call structure on both sides).
+double SelectionAgreement(const std::vector<int64_t>& a, const std::vector<int64_t>& b, int K) {
+  EXPECT_EQ(a.size(), b.size());
+  int64_t same = 0, total = 0;
+  for (size_t i = 0; i + K <= a.size(); i += K) {
+    same += std::equal(a.begin() + i, a.begin() + i + K, b.begin() + i);
+    ++total;
+  }
+  return total ? double(same) / total : 1.0;
+}
+
+TEST_F(CudaEngineTest, LogitsAndSelectionsMatchCpu) {
+  const int V = 512, K = 16;
+  const uint64_t seed = std::random_device{}();
+  Trace want = RunTrace(cpu_->engine.get(), 6, 20, 12, seed);
+  Trace got = RunTrace(gpu_->engine.get(), 6, 20, 12, seed);
+  ASSERT_EQ(got.logits.size(), want.logits.size());
+  double worst = 0;
+  for (size_t r = 0; r < want.logits.size() / V; ++r) {
+    worst = std::max(worst, RowRelErr(got.logits.data() + r * V, want.logits.data() + r * V, V));
+  }
+  const double agree = SelectionAgreement(got.selections, want.selections, K);
+  std::printf("worst logit row rel err %.3g, selections equal on %.4f of tokens\n", worst, agree);
+  EXPECT_LE(worst, 1e-2);
+  EXPECT_GE(agree, 0.99);
+}
+
+TEST_F(CudaEngineTest, GraphReplayEqualsEagerAndHostPooling) {
+  // Eager (no graphs) with host pooling through the in-process RowPooler.
+  auto pooler = InProcessPooler::Create(gpu_->checkpoint);
+  ASSERT_TRUE(pooler.ok()) << pooler.status();
+  EngineOptions eo;
+  eo.backend = "cuda";
+  eo.cuda_graphs = false;
+  auto eager = CreateEngine(gpu_->weights, pooler->get(), eo);
+  ASSERT_TRUE(eager.ok()) << eager.status();
+  const uint64_t seed = std::random_device{}();
+  Trace a = RunTrace(gpu_->engine.get(), 5, 9, 8, seed);
+  Trace b = RunTrace(eager->get(), 5, 9, 8, seed);
+  ASSERT_EQ(a.logits.size(), b.logits.size());
+  // Host pooling sums in fp32 then rounds Y to bf16, as the device path does, but in another
+  // order: allow rounding-level differences.
+  double worst = 0;
+  for (size_t r = 0; r < a.logits.size() / 512; ++r) {
+    worst = std::max(worst, RowRelErr(a.logits.data() + r * 512, b.logits.data() + r * 512, 512));
+  }
+  EXPECT_LE(worst, 1e-2);
+  EXPECT_GE(SelectionAgreement(a.selections, b.selections, 16), 0.99);
+  // Replaying the last graph step leaves results valid and reports a time.
+  auto us = CudaReplayLastStepMicros(gpu_->engine.get(), 5, true);
+  ASSERT_TRUE(us.ok()) << us.status();
+  EXPECT_GT(*us, 0.0);
+}
+
+TEST_F(CudaEngineTest, BadTokenIsRefusedAndStateKept) {
+  auto seq = gpu_->engine->NewSequence();
+  std::vector<int32_t> bad = {1, 2, 9999};
+  SequenceInput in{seq.get(), absl::MakeConstSpan(bad), false};
+  ForwardOutput out;
+  EXPECT_EQ(gpu_->engine->Forward({&in, 1}, {}, &out).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(seq->length(), 0);
+}
+
+}  // namespace
+}  // namespace ultramem

@@ -1,0 +1,380 @@
+// Each CUDA op against the CPU backend on fresh random inputs (seeds printed): dense ops to a
+// relative error of 1e-2 (bf16 operands), the memory layer's selections equal on >= 99% of tokens.
+// Inputs are drawn bf16-representable so both sides see the same operands. Skips, saying why,
+// when no CUDA device is present (CI compiles this but has no GPU).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "common/dtype.h"
+#include "common/pooling.h"
+#include "compute_node/cpu/kernels.h"
+#include "compute_node/cpu/memory_select.h"
+#include "compute_node/cuda/attention.cuh"
+#include "compute_node/cuda/cuda_check.h"
+#include "compute_node/cuda/device_buffer.h"
+#include "compute_node/cuda/gemm.h"
+#include "compute_node/cuda/memory_score.cuh"
+#include "compute_node/cuda/memory_topm.cuh"
+#include "compute_node/cuda/pool.cuh"
+#include "compute_node/cuda/rms_norm.cuh"
+#include "compute_node/cuda/rope.cuh"
+#include "compute_node/cuda/swiglu.cuh"
+#include "gtest/gtest.h"
+
+namespace ultramem::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+#define SKIP_WITHOUT_GPU()                                                                   \
+  do {                                                                                       \
+    int n_ = 0;                                                                              \
+    const cudaError_t e_ = cudaGetDeviceCount(&n_);                                          \
+    if (e_ != cudaSuccess || n_ == 0) {                                                      \
+      std::fprintf(stderr, "*** GPU TEST SKIPPED: no CUDA device (%s) ***\n",                \
+                   e_ != cudaSuccess ? cudaGetErrorString(e_) : "0 devices");               \
+      GTEST_SKIP() << "no CUDA device: GPU tests run on the GPU machine (bench/gpu/run.sh)"; \
+    }                                                                                        \
+  } while (0)
+
+#define ASSERT_OK(expr)                        \
+  do {                                         \
+    const absl::Status s_ = (expr);            \
+    ASSERT_TRUE(s_.ok()) << s_.ToString();     \
+  } while (0)
+
+uint64_t Seed() {
+  static std::random_device rd;
+  const uint64_t seed = (static_cast<uint64_t>(rd()) << 32) | rd();
+  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
+  return seed;
+}
+
+// Uniform in [-scale, scale] + offset, rounded to bf16.
+std::vector<float> RandomBf16(std::mt19937_64& rng, size_t n, float scale, float offset = 0.0f) {
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = Bf16ToF32(F32ToBf16(dist(rng) + offset));
+  return v;
+}
+
+template <typename T>
+DeviceBuffer<T> Up(const std::vector<T>& host) {
+  DeviceBuffer<T> d;
+  EXPECT_TRUE(d.Upload(host.data(), host.size()).ok());
+  return d;
+}
+
+DeviceBuffer<bf16> UpBf16(const std::vector<float>& host) {
+  std::vector<uint16_t> b(host.size());
+  for (size_t i = 0; i < host.size(); ++i) b[i] = F32ToBf16(host[i]);
+  DeviceBuffer<bf16> d;
+  EXPECT_TRUE(d.Reserve(b.size()).ok());
+  EXPECT_EQ(cudaMemcpy(d.get(), b.data(), b.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+  return d;
+}
+
+template <typename T>
+std::vector<T> Down(const DeviceBuffer<T>& d, size_t n) {
+  std::vector<T> h(n);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(h.data(), d.get(), n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+  return h;
+}
+
+std::vector<float> DownBf16(const DeviceBuffer<bf16>& d, size_t n) {
+  std::vector<uint16_t> h(n);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(h.data(), d.get(), n * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+  std::vector<float> f(n);
+  for (size_t i = 0; i < n; ++i) f[i] = Bf16ToF32(h[i]);
+  return f;
+}
+
+// Poisons a buffer (NaN bytes) so that unwritten outputs show.
+template <typename T>
+void Poison(DeviceBuffer<T>& d) {
+  ASSERT_EQ(cudaMemset(d.get(), 0xff, d.size() * sizeof(T)), cudaSuccess);
+}
+
+double RelErr(const std::vector<float>& got, const std::vector<float>& want) {
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+    den += double(want[i]) * want[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+TEST(CudaOps, GemmBf16MatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(Seed());
+  ThreadPool pool(0);
+  for (auto [T, out, in] : {std::tuple{1, 384, 256}, std::tuple{37, 1000, 512}}) {
+    auto x = RandomBf16(rng, T * in, 1.0f), w = RandomBf16(rng, out * in, 0.05f);
+    auto y0 = RandomBf16(rng, T * out, 1.0f);
+    std::vector<float> want = y0;
+    MatMulWT(pool, x.data(), T, w.data(), out, in, want.data(), /*accumulate=*/true);
+    auto dx = UpBf16(x), dw = UpBf16(w);
+    auto dy = Up(y0);
+    cublasHandle_t h;
+    ASSERT_EQ(cublasCreate(&h), CUBLAS_STATUS_SUCCESS);
+    ASSERT_OK(GemmBf16(h, dx.get(), T, dw.get(), out, in, dy.get(), true));
+    EXPECT_LE(RelErr(Down(dy, T * out), want), 1e-2);
+    cublasDestroy(h);
+  }
+}
+
+TEST(CudaOps, RmsNormAndSwiGluMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(Seed());
+  const int T = 33, D = 1024, F = 700;
+  auto x = RandomBf16(rng, T * D, 2.0f), w = RandomBf16(rng, D, 0.5f, 1.0f);
+  std::vector<float> want(T * D);
+  for (int t = 0; t < T; ++t) RmsNorm(x.data() + t * D, w.data(), D, 1e-5f, want.data() + t * D);
+  auto dx = Up(x), dw = Up(w);
+  DeviceBuffer<bf16> out, out2;
+  ASSERT_OK(out.Reserve(T * D));
+  ASSERT_OK(out2.Reserve(T * D));
+  Poison(out);
+  Poison(out2);
+  LaunchRmsNorm(dx.get(), dw.get(), T, D, 1e-5f, nullptr, out.get(), out2.get(), nullptr);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_LE(RelErr(DownBf16(out, T * D), want), 1e-2);
+  EXPECT_LE(RelErr(DownBf16(out2, T * D), want), 1e-2);
+
+  auto gu = RandomBf16(rng, T * 2 * F, 3.0f);
+  std::vector<float> act(T * F);
+  for (int t = 0; t < T; ++t) {
+    std::vector<float> g(gu.begin() + t * 2 * F, gu.begin() + t * 2 * F + F);
+    SiluMul(g.data(), gu.data() + t * 2 * F + F, F);
+    std::copy(g.begin(), g.end(), act.begin() + t * F);
+  }
+  auto dgu = Up(gu);
+  DeviceBuffer<bf16> dact;
+  ASSERT_OK(dact.Reserve(T * F));
+  Poison(dact);
+  LaunchSwiGlu(dgu.get(), T, F, dact.get(), nullptr);
+  EXPECT_LE(RelErr(DownBf16(dact, T * F), act), 1e-2);
+}
+
+// RoPE + KV write + attention for a batch of sequences at different lengths, vs the CPU kernels
+// (ApplyRope, softmax over Dot) on the bf16-rounded cache.
+TEST(CudaOps, RopeAndAttentionMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(Seed());
+  const int nh = 16, nkv = 4, hd = 64, layers = 2, layer = 1, cap = 700, max_pos = 2048;
+  const int width = nkv * hd, qkv_width = (nh + 2 * nkv) * hd;
+  const std::vector<int> lengths = {1, 5, 130, 512, 699};  // position of each sequence's token
+  const int T = static_cast<int>(lengths.size());
+  std::vector<float> inv_freq(hd / 2);
+  for (int i = 0; i < hd / 2; ++i) inv_freq[i] = std::pow(10000.0, -2.0 * i / hd);
+  std::vector<float2> rope(max_pos * hd / 2);
+  for (int p = 0; p < max_pos; ++p)
+    for (int i = 0; i < hd / 2; ++i)
+      rope[p * hd / 2 + i] = make_float2(std::cos(double(p) * inv_freq[i]), std::sin(double(p) * inv_freq[i]));
+  // Caches: random history (bf16), the new token's K/V written by the kernel.
+  std::vector<std::vector<float>> cache(T);
+  std::vector<DeviceBuffer<bf16>> dcache(T);
+  std::vector<TokenKv> kv(T);
+  for (int s = 0; s < T; ++s) {
+    cache[s] = RandomBf16(rng, size_t(layers) * 2 * cap * width, 1.0f);
+    dcache[s] = UpBf16(cache[s]);
+    kv[s] = TokenKv{dcache[s].get(), cap, lengths[s]};
+  }
+  auto qkv = RandomBf16(rng, T * qkv_width, 1.0f);
+  // CPU: rope on q and k, the new K/V into the cache (bf16-rounded as the GPU stores them).
+  std::vector<float> q_cpu = qkv;
+  for (int t = 0; t < T; ++t) {
+    float* row = q_cpu.data() + t * qkv_width;
+    for (int h = 0; h < nh + nkv; ++h) ApplyRope(row + h * hd, hd, lengths[t], inv_freq.data());
+    for (int side = 0; side < 2; ++side) {
+      float* dst = cache[t].data() + ((size_t(layer) * 2 + side) * cap + lengths[t]) * width;
+      for (int e = 0; e < width; ++e) dst[e] = Bf16ToF32(F32ToBf16(row[(nh + side * nkv) * hd + e]));
+    }
+  }
+  std::vector<float> want(T * nh * hd, 0.0f);
+  for (int t = 0; t < T; ++t) {
+    for (int h = 0; h < nh; ++h) {
+      const int kvh = h / (nh / nkv);
+      const float* q = q_cpu.data() + t * qkv_width + h * hd;
+      const int n = lengths[t] + 1;
+      std::vector<float> sc(n);
+      float mx = -INFINITY;
+      for (int p = 0; p < n; ++p) {
+        sc[p] = Dot(q, cache[t].data() + ((size_t(layer) * 2) * cap + p) * width + kvh * hd, hd) / std::sqrt(float(hd));
+        mx = std::max(mx, sc[p]);
+      }
+      float sum = 0.0f;
+      for (int p = 0; p < n; ++p) sum += (sc[p] = std::exp(sc[p] - mx));
+      for (int p = 0; p < n; ++p)
+        Axpy(sc[p] / sum, cache[t].data() + ((size_t(layer) * 2 + 1) * cap + p) * width + kvh * hd,
+             want.data() + (t * nh + h) * hd, hd);
+    }
+  }
+  auto dqkv = Up(qkv);
+  auto drope = Up(rope);
+  auto dkv = Up(kv);
+  LaunchRopeAndCache(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, nullptr);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  for (int splits : {1, 3, 16}) {
+    DeviceBuffer<float> scratch;
+    DeviceBuffer<bf16> out;
+    ASSERT_OK(scratch.Reserve(AttentionScratchFloats(T, nh, hd, splits)));
+    ASSERT_OK(out.Reserve(T * nh * hd));
+    Poison(out);
+    LaunchAttention(dqkv.get(), dkv.get(), T, nh, nkv, hd, layer, splits, scratch.get(), out.get(), nullptr);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    EXPECT_LE(RelErr(DownBf16(out, T * nh * hd), want), 1e-2) << "splits " << splits;
+  }
+  // The rotated q stays in qkv.
+  auto q_gpu = Down(dqkv, T * qkv_width);
+  for (int t = 0; t < T; ++t) {
+    std::vector<float> a(q_gpu.begin() + t * qkv_width, q_gpu.begin() + t * qkv_width + nh * hd);
+    std::vector<float> b(q_cpu.begin() + t * qkv_width, q_cpu.begin() + t * qkv_width + nh * hd);
+    EXPECT_LE(RelErr(a, b), 1e-5);
+  }
+}
+
+struct SelectCase {
+  int tokens, knum, expand, key_dim, heads, topk, rank, cores;
+  bool zero_proxies;  // core_u = core_v = 0: every proxy ties, so ties-to-lower-index decides
+};
+
+void RunSelect(const SelectCase& c) {
+  std::mt19937_64 rng(Seed());
+  MemoryConfig mc;
+  mc.layers = {{0, 0}};
+  mc.knum = c.knum;
+  mc.value_expand = c.expand;
+  mc.key_dim = c.key_dim;
+  mc.value_dim = 8 * c.cores;
+  mc.heads = c.heads;
+  mc.topk = c.topk;
+  mc.tucker_rank = c.rank;
+  mc.tucker_cores = c.cores;
+  const int D = 256, T = c.tokens, H = c.heads, r = c.rank, h = c.cores, m = c.topk;
+  const int64_t n = mc.NumKeys(), nr = n * r, K = mc.SelectionsPerToken();
+  MemoryLayerWeights w;
+  w.query_proj = RandomBf16(rng, 2 * c.key_dim * D, 0.1f);
+  w.query_norm = RandomBf16(rng, c.key_dim, 0.3f, 1.0f);
+  w.keys_hat = RandomBf16(rng, H * 2 * nr * c.key_dim, 1.0f);
+  w.cores = RandomBf16(rng, H * h * r * r, 1.0f, 0.5f);
+  w.core_u = c.zero_proxies ? std::vector<float>(H * r, 0.0f) : RandomBf16(rng, H * r, 1.0f);
+  w.core_v = c.zero_proxies ? std::vector<float>(H * r, 0.0f) : RandomBf16(rng, H * r, 1.0f);
+  w.shuffle_index.resize(mc.NumVirtual());
+  for (int64_t i = 0; i < mc.NumVirtual(); ++i) w.shuffle_index[i] = i;
+  std::shuffle(w.shuffle_index.begin(), w.shuffle_index.end(), rng);
+  auto u = RandomBf16(rng, T * D, 1.0f);
+
+  ThreadPool pool(0);
+  std::vector<float> scratch;
+  Selections want;
+  SelectRows(pool, mc, w, u.data(), T, D, &scratch, &want);
+
+  auto du = UpBf16(u), dqp = UpBf16(w.query_proj), dkeys = UpBf16(w.keys_hat);
+  auto dqnw = Up(w.query_norm), dcores = Up(w.cores), dcu = Up(w.core_u), dcv = Up(w.core_v);
+  auto dshuffle = Up(w.shuffle_index);
+  DeviceBuffer<float> q, qn, S, sc;
+  DeviceBuffer<int64_t> rows, tix;
+  DeviceBuffer<int32_t> groups;
+  ASSERT_OK(q.Reserve(T * 2 * c.key_dim));
+  ASSERT_OK(qn.Reserve(T * 2 * c.key_dim));
+  ASSERT_OK(S.Reserve(size_t(H) * 2 * T * nr));
+  ASSERT_OK(sc.Reserve(T * K * h));
+  ASSERT_OK(rows.Reserve(T * K));
+  ASSERT_OK(tix.Reserve(T * K));
+  ASSERT_OK(groups.Reserve(T * K));
+  Poison(rows);
+  Poison(tix);
+  Poison(groups);
+  Poison(sc);
+  cublasHandle_t blas;
+  ASSERT_EQ(cublasCreate(&blas), CUBLAS_STATUS_SUCCESS);
+  ASSERT_OK(GemmBf16(blas, du.get(), T, dqp.get(), 2 * c.key_dim, D, q.get(), false));
+  LaunchQueryNorm(q.get(), dqnw.get(), T, c.key_dim, mc.norm_eps, qn.get(), nullptr);
+  LaunchKeyScores(qn.get(), dkeys.get(), T, H, static_cast<int>(nr), c.key_dim, S.get(), nullptr);
+  TopMShape shape{T, H, static_cast<int>(n), r, h, m, mc.NumRows()};
+  LaunchMemoryTopM(shape, S.get(), dcores.get(), dcu.get(), dcv.get(), dshuffle.get(), rows.get(),
+                   groups.get(), sc.get(), tix.get(), nullptr);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  auto g_rows = Down(rows, T * K), g_tix = Down(tix, T * K);
+  auto g_groups = Down(groups, T * K);
+  auto g_sc = Down(sc, T * K * h);
+  cublasDestroy(blas);
+
+  int same = 0;
+  std::vector<float> sc_want, sc_got;
+  for (int t = 0; t < T; ++t) {
+    bool eq = true;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t s = t * K + k;
+      eq = eq && g_tix[s] == want.t_index[s] && g_rows[s] == want.rows[s] && g_groups[s] == want.groups[s];
+    }
+    if (!eq) continue;
+    ++same;
+    sc_want.insert(sc_want.end(), want.scores.begin() + t * K * h, want.scores.begin() + (t + 1) * K * h);
+    sc_got.insert(sc_got.end(), g_sc.begin() + t * K * h, g_sc.begin() + (t + 1) * K * h);
+  }
+  std::printf("selections equal on %d of %d tokens\n", same, T);
+  EXPECT_GE(same, 0.99 * T);
+  EXPECT_LE(RelErr(sc_got, sc_want), 1e-2);
+}
+
+TEST(CudaOps, MemorySelectMatchesCpuBenchShape) {
+  SKIP_WITHOUT_GPU();
+  // The bench layer's shape with knum 1024 (n = 2048), Dk 256, H 2, m 32, r 2, h 2.
+  RunSelect({200, 1024, 4, 256, 2, 32, 2, 2, false});
+}
+
+TEST(CudaOps, MemorySelectMatchesCpuOddShapes) {
+  SKIP_WITHOUT_GPU();
+  RunSelect({100, 12, 9, 24, 3, 5, 3, 3, false});
+  RunSelect({50, 30, 1, 16, 1, 20, 1, 1, false});
+}
+
+TEST(CudaOps, MemorySelectTiesGoToLowerIndex) {
+  SKIP_WITHOUT_GPU();
+  RunSelect({40, 64, 4, 32, 2, 16, 2, 2, true});
+}
+
+TEST(CudaOps, DevicePoolMatchesCpuPooling) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(Seed());
+  const int T = 70, K = 64, E = 4, Dv = 512, h = 2;
+  const int64_t N = 100000;
+  auto values = RandomBf16(rng, N * Dv, 0.05f);
+  std::vector<int64_t> rows(T * K);
+  std::vector<int32_t> groups(T * K);
+  std::uniform_int_distribution<int64_t> row_dist(0, N - 1);
+  std::uniform_int_distribution<int32_t> group_dist(0, E - 1);
+  for (auto& r : rows) r = row_dist(rng);
+  for (auto& g : groups) g = group_dist(rng);
+  auto scores = RandomBf16(rng, T * K * h, 1.0f);
+  std::vector<uint16_t> vb(values.size());
+  for (size_t i = 0; i < values.size(); ++i) vb[i] = F32ToBf16(values[i]);
+  std::vector<const uint16_t*> ptrs(T * K);
+  for (int i = 0; i < T * K; ++i) ptrs[i] = vb.data() + rows[i] * Dv;
+  PoolShape shape{T, K, E, Dv, h, 0, Dv};
+  std::vector<float> want(T * E * Dv);
+  PoolRowsBf16(shape, ptrs.data(), groups.data(), scores.data(), want.data());
+  auto dv = UpBf16(values);
+  auto drows = Up(rows);
+  auto dgroups = Up(groups);
+  auto dscores = Up(scores);
+  DeviceBuffer<bf16> y;
+  ASSERT_OK(y.Reserve(T * E * Dv));
+  Poison(y);
+  LaunchDevicePool(dv.get(), drows.get(), dgroups.get(), dscores.get(), T, K, E, Dv, h, y.get(), nullptr);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_LE(RelErr(DownBf16(y, T * E * Dv), want), 1e-2);
+}
+
+}  // namespace
+}  // namespace ultramem::cuda

@@ -1,0 +1,22 @@
+// Implementation of gemm.h. cuBLAS is column-major: the row-major y[T, out] is column-major
+// yᵀ[out, T] = W(col-major [in, out])ᵀ · xᵀ(col-major [in, T]).
+#include "compute_node/cuda/gemm.h"
+
+#include "compute_node/cuda/cuda_check.h"
+
+namespace ultramem::cuda {
+
+absl::Status GemmBf16(cublasHandle_t handle, const __nv_bfloat16* x, int64_t tokens,
+                      const __nv_bfloat16* w, int64_t out_dim, int64_t in_dim, float* y,
+                      bool accumulate) {
+  if (tokens == 0) return absl::OkStatus();
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out_dim),
+                            static_cast<int>(tokens), static_cast<int>(in_dim), &alpha, w,
+                            CUDA_R_16BF, static_cast<int>(in_dim), x, CUDA_R_16BF,
+                            static_cast<int>(in_dim), &beta, y, CUDA_R_32F,
+                            static_cast<int>(out_dim), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  return absl::OkStatus();
+}
+
+}  // namespace ultramem::cuda

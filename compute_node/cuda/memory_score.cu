@@ -1,0 +1,84 @@
+// Implementation of memory_score.cuh. Key scores: a tiled product with keys staged through shared
+// memory as fp32 (64 key rows × 16 tokens per block, 4 outputs per thread).
+#include "compute_node/cuda/memory_score.cuh"
+
+#include <cstdint>
+
+namespace ultramem::cuda {
+
+static __global__ void QueryNormKernel(const float* q, const float* weight, int tokens, int key_dim,
+                                       float eps, float* qn) {
+  const int t = blockIdx.x, side = blockIdx.y;
+  const float* in = q + (static_cast<int64_t>(t) * 2 + side) * key_dim;
+  float sum = 0.0f;
+  for (int d = threadIdx.x; d < key_dim; d += blockDim.x) sum += in[d] * in[d];
+  __shared__ float partial[32];
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = sum;
+  __syncthreads();
+  float total = 0.0f;
+  for (int k = 0; k < (blockDim.x + 31) / 32; ++k) total += partial[k];
+  const float scale = rsqrtf(total / static_cast<float>(key_dim) + eps);
+  float* out = qn + (static_cast<int64_t>(side) * tokens + t) * key_dim;
+  for (int d = threadIdx.x; d < key_dim; d += blockDim.x) out[d] = in[d] * scale * weight[d];
+}
+
+static constexpr int kRows = 64, kToks = 16, kDk = 64, kThreads = 256;
+
+static __global__ void __launch_bounds__(kThreads)
+    KeyScoresKernel(const float* qn, const __nv_bfloat16* keys_hat, int tokens, int key_rows,
+                    int key_dim, float* scores) {
+  const int hs = blockIdx.z;  // head·2 + side
+  const int side = hs & 1;
+  const int row0 = blockIdx.x * kRows, tok0 = blockIdx.y * kToks;
+  __shared__ float ks[kRows][kDk + 1];
+  __shared__ float qs[kToks][kDk];
+  const __nv_bfloat16* keys = keys_hat + static_cast<int64_t>(hs) * key_rows * key_dim;
+  const float* q = qn + static_cast<int64_t>(side) * tokens * key_dim;
+  const int r = threadIdx.x % kRows, tg = threadIdx.x / kRows;  // 4 token groups of 4
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int d0 = 0; d0 < key_dim; d0 += kDk) {
+    for (int e = threadIdx.x; e < kRows * kDk; e += kThreads) {
+      const int rr = e / kDk, dd = e % kDk;
+      const int row = row0 + rr, d = d0 + dd;
+      ks[rr][dd] = (row < key_rows && d < key_dim)
+                       ? __bfloat162float(keys[static_cast<int64_t>(row) * key_dim + d])
+                       : 0.0f;
+    }
+    for (int e = threadIdx.x; e < kToks * kDk; e += kThreads) {
+      const int tt = e / kDk, dd = e % kDk;
+      const int tok = tok0 + tt, d = d0 + dd;
+      qs[tt][dd] = (tok < tokens && d < key_dim) ? q[static_cast<int64_t>(tok) * key_dim + d] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int dd = 0; dd < kDk; ++dd) {
+      const float k = ks[r][dd];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) acc[u] += k * qs[tg * 4 + u][dd];
+    }
+    __syncthreads();
+  }
+  const int row = row0 + r;
+  if (row >= key_rows) return;
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const int tok = tok0 + tg * 4 + u;
+    if (tok < tokens) scores[(static_cast<int64_t>(hs) * tokens + tok) * key_rows + row] = acc[u];
+  }
+}
+
+void LaunchQueryNorm(const float* q, const float* weight, int tokens, int key_dim, float eps,
+                     float* qn, cudaStream_t stream) {
+  if (tokens == 0) return;
+  QueryNormKernel<<<dim3(tokens, 2), 128, 0, stream>>>(q, weight, tokens, key_dim, eps, qn);
+}
+
+void LaunchKeyScores(const float* qn, const __nv_bfloat16* keys_hat, int tokens, int heads,
+                     int key_rows, int key_dim, float* scores, cudaStream_t stream) {
+  if (tokens == 0) return;
+  const dim3 grid((key_rows + kRows - 1) / kRows, (tokens + kToks - 1) / kToks, heads * 2);
+  KeyScoresKernel<<<grid, kThreads, 0, stream>>>(qn, keys_hat, tokens, key_rows, key_dim, scores);
+}
+
+}  // namespace ultramem::cuda

@@ -1,0 +1,195 @@
+// Implementation of memory_topm.cuh. Top-m is a block-wide radix select (four 8-bit digits of an
+// order-preserving key) for the m-th largest value, then the elements above it plus the lowest-
+// index ties, ranked by (value desc, index asc).
+#include "compute_node/cuda/memory_topm.cuh"
+
+#include <cmath>
+
+namespace ultramem::cuda {
+
+static constexpr int kThreads = 256;
+
+// Order-preserving map: larger float -> larger key. NaN ranks as -inf (ties then go to the lower
+// index, as on the CPU); -0 equals +0.
+static __device__ __forceinline__ uint32_t OrderKey(float x) {
+  if (isnan(x)) x = -INFINITY;
+  if (x == 0.0f) x = 0.0f;
+  const uint32_t b = __float_as_uint(x);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// Writes the indices of the m largest keys[0..n) to out[0..m) in descending order (ties: lower
+// index first). scratch: 256 + 8 ints; cand: m ints. All threads of the block must call it.
+static __device__ void BlockTopM(const uint32_t* keys, int n, int m, int* out, int* scratch,
+                                 int* cand) {
+  int* hist = scratch;       // [256]
+  int* sh = scratch + 256;   // [0] prefix, [1] remaining, [2] counter
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  uint32_t prefix = 0, mask = 0;
+  int remaining = m;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int b = tid; b < 256; b += kThreads) hist[b] = 0;
+    __syncthreads();
+    for (int i = tid; i < n; i += kThreads) {
+      const uint32_t k = keys[i];
+      if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255u], 1);
+    }
+    __syncthreads();
+    if (warp == 0) {
+      // Lane L scans digits 255-8L .. 248-8L (descending).
+      int local = 0;
+      for (int j = 0; j < 8; ++j) local += hist[255 - (lane * 8 + j)];
+      int incl = local;
+      for (int o = 1; o < 32; o <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += v;
+      }
+      const int excl = incl - local;
+      if (excl < remaining && remaining <= incl) {
+        int cum = excl;
+        for (int j = 0; j < 8; ++j) {
+          const int digit = 255 - (lane * 8 + j);
+          const int h = hist[digit];
+          if (cum + h >= remaining) {
+            sh[0] = static_cast<int>(prefix | (static_cast<uint32_t>(digit) << shift));
+            sh[1] = remaining - cum;
+            break;
+          }
+          cum += h;
+        }
+      }
+    }
+    __syncthreads();
+    prefix = static_cast<uint32_t>(sh[0]);
+    remaining = sh[1];
+    mask |= 255u << shift;
+    __syncthreads();
+  }
+  // prefix is the m-th largest key; take every key above it and the `remaining` lowest-index ties.
+  const uint32_t thr = prefix;
+  const int above = m - remaining;
+  if (tid == 0) sh[2] = 0;
+  __syncthreads();
+  for (int i = tid; i < n; i += kThreads) {
+    if (keys[i] > thr) cand[atomicAdd(&sh[2], 1)] = i;
+  }
+  int taken = 0;
+  for (int base = 0; base < n && taken < remaining; base += kThreads) {
+    const int i = base + tid;
+    const bool tie = i < n && keys[i] == thr;
+    const unsigned ballot = __ballot_sync(0xffffffffu, tie);
+    if (lane == 0) hist[warp] = __popc(ballot);
+    __syncthreads();
+    int before = 0, total = 0;
+    for (int w = 0; w < kThreads / 32; ++w) {
+      if (w < warp) before += hist[w];
+      total += hist[w];
+    }
+    const int rank = taken + before + __popc(ballot & ((1u << lane) - 1u));
+    if (tie && rank < remaining) cand[above + rank] = i;
+    taken += total;
+    __syncthreads();
+  }
+  __syncthreads();
+  for (int c = tid; c < m; c += kThreads) {
+    const int i = cand[c];
+    const uint32_t k = keys[i];
+    int rank = 0;
+    for (int e = 0; e < m; ++e) {
+      const int j = cand[e];
+      const uint32_t kj = keys[j];
+      rank += (kj > k) || (kj == k && j < i);
+    }
+    out[rank] = i;
+  }
+  __syncthreads();
+}
+
+static __global__ void __launch_bounds__(kThreads)
+    MemoryTopMKernel(TopMShape s, const float* scores, const float* cores, const float* core_u,
+                     const float* core_v, const int64_t* shuffle, int64_t* rows, int32_t* groups,
+                     float* scores_out, int64_t* t_index) {
+  const int t = blockIdx.x, h = blockIdx.y;
+  const int n = s.num_keys, r = s.rank, m = s.topk, hc = s.cores, mm = m * m;
+  const int64_t nr = static_cast<int64_t>(n) * r;
+  extern __shared__ uint32_t smem[];
+  uint32_t* key_row = smem;                     // [n]
+  uint32_t* key_col = key_row + n;              // [n]
+  uint32_t* key_g = key_col + n;                // [m·m]
+  float* g_core = reinterpret_cast<float*>(key_g + mm);  // [h][m·m]
+  int* i_row = reinterpret_cast<int*>(g_core + hc * mm);  // [m]
+  int* i_col = i_row + m;                       // [m]
+  int* best = i_col + m;                        // [m]
+  int* cand = best + m;                         // [m]
+  int* scratch = cand + m;                      // [256 + 8]
+
+  const float* s_row = scores + ((static_cast<int64_t>(h) * 2 + 0) * s.tokens + t) * nr;
+  const float* s_col = scores + ((static_cast<int64_t>(h) * 2 + 1) * s.tokens + t) * nr;
+  const float* cu = core_u + h * r;
+  const float* cv = core_v + h * r;
+  // Step 5: rank-1 proxies.
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    float pr = 0.0f, pc = 0.0f;
+    for (int a = 0; a < r; ++a) {
+      pr += s_row[static_cast<int64_t>(i) * r + a] * cu[a];
+      pc += s_col[static_cast<int64_t>(i) * r + a] * cv[a];
+    }
+    key_row[i] = OrderKey(pr);
+    key_col[i] = OrderKey(pc);
+  }
+  __syncthreads();
+  // Step 6.
+  BlockTopM(key_row, n, m, i_row, scratch, cand);
+  BlockTopM(key_col, n, m, i_col, scratch, cand);
+  // Step 7: G_c[x, y] = S_row[I_row[x]] · core_c · S_col[I_col[y]]ᵀ, G = Σ_c G_c.
+  for (int e = threadIdx.x; e < mm; e += kThreads) {
+    const int x = e / m, y = e - x * m;
+    const float* sr = s_row + static_cast<int64_t>(i_row[x]) * r;
+    const float* sc = s_col + static_cast<int64_t>(i_col[y]) * r;
+    float g = 0.0f;
+    for (int c = 0; c < hc; ++c) {
+      const float* core = cores + (static_cast<int64_t>(h) * hc + c) * r * r;
+      float gc = 0.0f;
+      for (int b = 0; b < r; ++b) {
+        float a_cb = 0.0f;
+        for (int a = 0; a < r; ++a) a_cb += sr[a] * core[a * r + b];
+        gc += a_cb * sc[b];
+      }
+      g_core[c * mm + e] = gc;
+      g += gc;
+    }
+    key_g[e] = OrderKey(g);
+  }
+  __syncthreads();
+  // Step 8, then step 9.
+  BlockTopM(key_g, mm, m, best, scratch, cand);
+  const int K = s.heads * m;
+  for (int k = threadIdx.x; k < m; k += kThreads) {
+    const int j = best[k];
+    const int64_t virt = static_cast<int64_t>(i_row[j / m]) * n + i_col[j % m];
+    const int64_t tv = shuffle[virt];
+    const int64_t sel = static_cast<int64_t>(t) * K + h * m + k;
+    t_index[sel] = tv;
+    rows[sel] = tv % s.num_rows;
+    groups[sel] = static_cast<int32_t>(tv / s.num_rows);
+    for (int c = 0; c < hc; ++c) scores_out[sel * hc + c] = g_core[c * mm + j];
+  }
+}
+
+void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* cores,
+                      const float* core_u, const float* core_v, const int64_t* shuffle,
+                      int64_t* rows, int32_t* groups, float* scores_out, int64_t* t_index,
+                      cudaStream_t stream) {
+  if (shape.tokens == 0) return;
+  const int m = shape.topk, mm = m * m;
+  const size_t smem = sizeof(uint32_t) * (2 * shape.num_keys + mm) +
+                      sizeof(float) * shape.cores * mm + sizeof(int) * (4 * m + 256 + 8);
+  if (smem > 48 * 1024) {
+    cudaFuncSetAttribute(MemoryTopMKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         static_cast<int>(smem));
+  }
+  MemoryTopMKernel<<<dim3(shape.tokens, shape.heads), kThreads, smem, stream>>>(
+      shape, scores, cores, core_u, core_v, shuffle, rows, groups, scores_out, t_index);
+}
+
+}  // namespace ultramem::cuda

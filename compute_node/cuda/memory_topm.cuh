@@ -1,0 +1,29 @@
+// Memory-layer steps 5–9 (MODEL.md §3) fused, one block per (token, head): rank-1 proxies, top-m
+// rows and columns, exact multi-core re-scoring of the m×m grid, top-m of the grid (descending,
+// ties to the lower index, NaN lowest) and the shuffle to (row, group).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace ultramem::cuda {
+
+struct TopMShape {
+  int tokens = 0;
+  int heads = 0;      // H
+  int num_keys = 0;   // n
+  int rank = 0;       // r
+  int cores = 0;      // h
+  int topk = 0;       // m
+  int64_t num_rows = 0;  // N
+};
+
+// scores: [H][2][tokens][n·r] fp32. cores: [H][h][r][r]; core_u, core_v: [H][r].
+// shuffle: [E·N]. Outputs [tokens·H·m] (scores_out ·h), k = head·m + rank.
+void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* cores,
+                      const float* core_u, const float* core_v, const int64_t* shuffle,
+                      int64_t* rows, int32_t* groups, float* scores_out, int64_t* t_index,
+                      cudaStream_t stream);
+
+}  // namespace ultramem::cuda
