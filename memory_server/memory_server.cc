@@ -252,7 +252,7 @@ void MemoryServer::Impl::Shutdown() {
       server_->Wait();
     }
     cold_pool_.reset();
-    exposer_.reset();
+    exposer_.reset();  // civetweb takes up to ~2 s to stop its threads
     UM_LOG_INFO("memory server stopped");
   });
 }

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include <grpcpp/grpcpp.h>
+
 #include "common/checkpoint.h"
 #include "common/dtype.h"
 #include "common/model_config.h"
@@ -63,5 +65,12 @@ std::vector<float> ResponseValues(const ultramem::v1::LookupResponse& response);
 
 // Largest |a - b|; gtest-fails when the sizes differ.
 double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b);
+
+// grpc.health.v1.Health/Check for service "": "SERVING", "NOT_SERVING", or the error, within 5 s.
+std::string HealthStatus(const std::shared_ptr<grpc::Channel>& channel);
+// The services named by grpc.reflection.v1alpha list_services, within 5 s ("" when it fails).
+std::string ReflectionServices(const std::shared_ptr<grpc::Channel>& channel);
+// GET /metrics from 127.0.0.1:port ("" on failure).
+std::string ScrapeMetrics(int port);
 
 }  // namespace ultramem::memory::testing
