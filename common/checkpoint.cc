@@ -2,11 +2,11 @@
 // validating every tensor against MODEL.md §4, and typed reads.
 #include "common/checkpoint.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <map>
-#include <set>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"

@@ -28,22 +28,27 @@ class Checkpoint {
   // (floats F32/BF16/F16; shuffle_index I32/I64), a header pointing outside its file, a truncated
   // file, a bad JSON header, an index naming a missing file or disagreeing with the files, and a
   // shuffle_index that is not a permutation. NotFound when dir or config.json is missing;
-  // InvalidArgument for everything malformed.
+  // InvalidArgument for everything malformed. With an index, every file it names is opened and
+  // other *.safetensors files in dir are ignored; without one, dir must hold exactly one.
+  // The files stay mapped for the Checkpoint's lifetime; they must not be truncated meanwhile
+  // (a read of a vanished page is SIGBUS).
   static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& dir,
                                                           const CheckpointOptions& options = {});
 
   const std::string& dir() const { return dir_; }
   const ModelConfig& config() const { return config_; }
 
-  // The named tensor; NotFound naming the directory when absent.
+  // The named tensor; NotFound naming the directory when absent. (All reads below: NotFound the
+  // same way.)
   absl::StatusOr<TensorView> Get(std::string_view name) const;
   // Converts a float tensor to float32 (size = its element count). InvalidArgument for int dtypes.
   absl::StatusOr<std::vector<float>> ReadF32(std::string_view name) const;
   // Converts rows [row_begin, row_end) × columns [col_begin, col_end) of a 2-D float tensor to
-  // float32, row-major, into `out` (size (row_end-row_begin)*(col_end-col_begin)).
+  // float32, row-major, into `out` (size (row_end-row_begin)*(col_end-col_begin); may be null when
+  // that is 0). InvalidArgument when the tensor is not 2-D float or the block is not inside it.
   absl::Status ReadF32Block(std::string_view name, int64_t row_begin, int64_t row_end,
                             int64_t col_begin, int64_t col_end, float* out) const;
-  // Reads an I32/I64 tensor widened to int64.
+  // Reads an I32/I64 tensor widened to int64. InvalidArgument for float dtypes.
   absl::StatusOr<std::vector<int64_t>> ReadI64(std::string_view name) const;
 
   ~Checkpoint();

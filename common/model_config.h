@@ -62,7 +62,10 @@ struct ModelConfig {
 // Parses and validates config.json text. InvalidArgument naming `file_name` and the key on a
 // missing key, wrong type, non-positive size, E not a perfect square, Dv not divisible by h,
 // head counts that don't divide, a memory span outside [0, L) or reversed, special token ids
-// outside [256, V), model_type other than "ultramem".
+// outside [256, V), model_type other than "ultramem", memory.topk above n, an empty
+// memory.layers. Optional (struct defaults when absent): rms_norm_eps, rope_theta,
+// max_position_embeddings, tie_word_embeddings, tokenizer, memory (null or absent: dense),
+// memory.norm_eps. Unknown keys are ignored.
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_view file_name);
 
 // The tensors MODEL.md §4 requires for `config`, name -> shape, in a stable order.

@@ -38,7 +38,8 @@ struct SafetensorsHeader {
 // messages naming `file_name` and, where one is at fault, the tensor): a file shorter than 8 bytes,
 // a header length beyond the file, JSON that does not parse or is not an object, an unknown dtype,
 // a negative or non-integer shape, offsets that are reversed, point outside the file or disagree
-// with dtype size × element count, and two tensors whose byte ranges overlap.
+// with dtype size × element count, two tensors whose byte ranges overlap, and (as the reference
+// implementation does) a header above 100 MB. Unknown keys inside an entry are ignored.
 // Never crashes or reads out of bounds on any input (a libFuzzer target covers it).
 absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(std::string_view file_bytes,
                                                          uint64_t file_size,
