@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The GPU machine's one call (issue 6): checks the carried build, runs the GPU tests, makes the
+# benchmark checkpoint (bench/gpu/h200_model.json, random, bf16) and runs the benchmarks:
+#   (a,b) decode step time at batch 1,16,64,256 with a 512-token context, CUDA engine eager and
+#         CUDA-graph, against the PyTorch reference (bf16, eager and torch.cuda.CUDAGraph) on the
+#         same checkpoint, and against the bytes floor over the measured copy bandwidth;
+#   (c)   the memory server's GPU pooling kernel bandwidth on random rows against that copy.
+# Prints a short table last; full logs go to $OUT (or /tmp/um_gpu_out).
+#
+#   Build here:  cmake -S . -B build-cuda -G Ninja && ninja -C build-cuda cuda_engine_tests \
+#                  memory_server_cuda_tests ultramem-cuda-bench ultramem-gpu-pool-bench ultramem-make-checkpoint
+#                /work/shared/tools/device-bundle .device build-cuda/bin/{cuda_engine_tests,...}
+#   On the GPU:  export LD_LIBRARY_PATH=$PWD/.device/lib:/usr/local/cuda/lib64:$LD_LIBRARY_PATH
+#                bash bench/gpu/run.sh            (BATCHES=1,16 SKIP_TESTS=1 SKIP_TORCH=1 to trim)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${BIN:-.device/bin}
+OUT=${OUT:-/tmp/um_gpu_out}
+BATCHES=${BATCHES:-1,16,64,256}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+stamp() { echo "== [$(( $(date +%s) - t0 ))s] $*"; }
+
+stamp "check the carried build"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader || true
+for p in cuda_engine_tests memory_server_cuda_tests ultramem-cuda-bench ultramem-gpu-pool-bench ultramem-make-checkpoint; do
+  [[ -x $BIN/$p ]] || { echo "missing $BIN/$p"; exit 1; }
+  if ldd "$BIN/$p" | grep -q "not found"; then ldd "$BIN/$p" | grep "not found"; exit 1; fi
+done
+echo "build ok"
+
+tests_summary="skipped"
+if [[ -z ${SKIP_TESTS:-} ]]; then
+  stamp "GPU tests"
+  timeout 240 "$BIN/cuda_engine_tests" >"$OUT/tests_engine.log" 2>&1; rc1=$?
+  timeout 60 "$BIN/memory_server_cuda_tests" >"$OUT/tests_pool.log" 2>&1; rc2=$?
+  grep -hE "^\[  (PASSED|FAILED|SKIPPED) |selections equal|worst logit|Failure|Expected|Which is|actual|error" \
+    "$OUT/tests_engine.log" "$OUT/tests_pool.log" | head -40
+  tests_summary="engine rc=$rc1, pool rc=$rc2"
+fi
+
+stamp "benchmark checkpoint"
+CKPT=/dev/shm/um_h200_model
+[[ -d /dev/shm ]] || CKPT=/tmp/um_h200_model
+"$BIN/ultramem-make-checkpoint" --config bench/gpu/h200_model.json --out "$CKPT" --dtype BF16 || exit 1
+du -sh "$CKPT"
+
+stamp "CUDA engine decode bench"
+timeout 200 "$BIN/ultramem-cuda-bench" --model "$CKPT" --batches "$BATCHES" --context 512 2>&1 | tee "$OUT/cuda_bench.log"
+
+stamp "GPU pooling kernel bench"
+timeout 60 "$BIN/ultramem-gpu-pool-bench" 2>&1 | tee "$OUT/pool_bench.log"
+
+if [[ -z ${SKIP_TORCH:-} ]]; then
+  stamp "PyTorch reference decode bench"
+  timeout 240 python3 bench/gpu/torch_decode_gpu.py --model "$CKPT" --batches "$BATCHES" --context 512 \
+    2>&1 | tee "$OUT/torch_bench.log"
+fi
+
+stamp "summary"
+echo "tests: $tests_summary"
+python3 - "$OUT/cuda_bench.log" "$OUT/torch_bench.log" <<'PY'
+import json, sys
+rows = {}
+for path in sys.argv[1:]:
+    try:
+        lines = open(path).read().splitlines()
+    except OSError:
+        continue
+    for line in lines:
+        s = line[5:] if line.startswith("JSON ") else line
+        if not s.startswith("{"):
+            continue
+        d = json.loads(s)
+        rows.setdefault(d["batch"], {})[d["engine"]] = d
+f = lambda v: "-" if v is None else f"{v:.0f}"
+print(f"{'batch':>5} {'cuda eager':>10} {'cuda graph':>10} {'floor':>7} {'torch eager':>11} {'torch graph':>11} {'speedup(graph)':>14}   (us/step)")
+for b in sorted(rows):
+    c, t = rows[b].get("cuda", {}), rows[b].get("torch", {})
+    sp = (t.get("graph_us") or t.get("eager_us") or 0) / c["graph_us"] if c.get("graph_us") and t else None
+    print(f"{b:>5} {f(c.get('eager_us')):>10} {f(c.get('graph_us')):>10} {f(c.get('floor_us')):>7} "
+          f"{f(t.get('eager_us')):>11} {f(t.get('graph_us')):>11} {('-' if sp is None else f'{sp:.1f}x'):>14}")
+    if t.get("graph_error"):
+        print(f"      torch graph: {t['graph_error']}")
+PY
+stamp "done"
