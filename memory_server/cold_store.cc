@@ -36,6 +36,7 @@ void FillRocksOptions(const ColdStoreOptions& options, rocksdb::Options* out) {
   out->compression = rocksdb::kNoCompression;
   out->bottommost_compression = rocksdb::kNoCompression;
   out->max_open_files = options.max_open_files;
+  out->allow_mmap_reads = options.use_mmap_reads;
   // Writes happen only at import time, in large sorted batches.
   out->write_buffer_size = 64 << 20;
   out->target_file_size_base = 256 << 20;

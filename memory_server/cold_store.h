@@ -37,6 +37,10 @@ struct ColdStoreOptions {
   bool verify_checksums = true;
   // Files RocksDB may keep open; -1 opens all at start (fastest, one fd per SST file).
   int max_open_files = -1;
+  // Read SST files through mmap: a point read of a page-cached file is a memory access instead of
+  // a pread(2) system call (several times faster for cold rows on a warm page cache). Turn off on
+  // 32-bit hosts or for stores larger than the address space one wants to map.
+  bool use_mmap_reads = true;
 };
 
 // Builds the rocksdb::Options both the import (writing) and the server (reading) use, so that a
