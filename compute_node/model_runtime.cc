@@ -3,6 +3,7 @@
 
 #include "common/status.h"
 #include "compute_node/in_process_pooler.h"
+#include "compute_node/remote/shard_map.h"
 
 namespace ultramem {
 
@@ -12,7 +13,13 @@ absl::StatusOr<std::unique_ptr<ModelRuntime>> OpenModelRuntime(const ModelRuntim
   rt->checkpoint = std::move(ckpt);
   UM_ASSIGN_OR_RETURN(rt->weights, LoadModelWeights(*rt->checkpoint));
   UM_ASSIGN_OR_RETURN(rt->tokenizer, ByteTokenizer::Create(rt->checkpoint->config()));
-  if (rt->checkpoint->config().NumMemoryLayers() > 0) {
+  if (!options.shard_map_path.empty()) {
+    UM_ASSIGN_OR_RETURN(v1::ShardMap map, ReadShardMap(options.shard_map_path));
+    UM_ASSIGN_OR_RETURN(std::unique_ptr<RemotePooler> remote,
+                        RemotePooler::Create(rt->checkpoint->config(), map, options.remote));
+    rt->remote = remote.get();
+    rt->pooler = std::move(remote);
+  } else if (rt->checkpoint->config().NumMemoryLayers() > 0) {
     UM_ASSIGN_OR_RETURN(std::unique_ptr<InProcessPooler> pooler,
                         InProcessPooler::Create(rt->checkpoint));
     rt->pooler = std::move(pooler);

@@ -22,8 +22,10 @@ ABSL_FLAG(float, temperature, 0.0f, "0: greedy");
 ABSL_FLAG(float, top_p, 1.0f, "nucleus mass in (0, 1]");
 ABSL_FLAG(int, top_k, 0, "0: no limit");
 ABSL_FLAG(uint64_t, seed, 0, "random seed; the same seed repeats a run");
+ABSL_FLAG(std::string, shard_map, "", "shard map (protobuf text): memory layers served by memory servers");
 ABSL_FLAG(int, threads, 0, "CPU threads (0: one per core)");
 ABSL_FLAG(bool, bos, true, "start the prompt with the tokenizer's <|bos|> when it has one");
+ABSL_FLAG(bool, ignore_eos, false, "keep generating past <|eos|> (benchmarks, tests)");
 ABSL_FLAG(bool, stats, true, "print timing to stderr at the end");
 
 namespace ultramem {
@@ -33,6 +35,7 @@ absl::Status Run() {
   ModelRuntimeOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);
   options.engine.num_threads = absl::GetFlag(FLAGS_threads);
+  options.shard_map_path = absl::GetFlag(FLAGS_shard_map);
   if (options.model_dir.empty()) return absl::InvalidArgumentError("--model is required");
   SamplingParams params;
   params.temperature = absl::GetFlag(FLAGS_temperature);
@@ -63,6 +66,7 @@ absl::Status Run() {
   const auto t_first = std::chrono::steady_clock::now();
   int generated = 0;
   std::optional<int32_t> eos = rt->tokenizer.eos();
+  if (absl::GetFlag(FLAGS_ignore_eos)) eos.reset();
   while (generated < max_tokens) {
     const int32_t next = sampler.Sample(absl::MakeConstSpan(out.logits.data(), out.logits.size()));
     ++generated;
@@ -82,6 +86,16 @@ absl::Status Run() {
     std::fprintf(stderr, "prompt %zu tokens in %.3f s; %d tokens in %.3f s (%.1f tokens/s)\n",
                  prompt.size(), prefill_s, generated, decode_s,
                  decode_s > 0 ? generated / decode_s : 0.0);
+    if (rt->remote != nullptr) {
+      const RemotePoolerStats st = rt->remote->Stats();
+      std::fprintf(stderr,
+                   "memory lookups %lld attempts %lld retries %lld hedges %lld failures %lld; "
+                   "waited %.3f s of %.3f s in flight (%.0f%% hidden)\n",
+                   static_cast<long long>(st.lookups), static_cast<long long>(st.attempts),
+                   static_cast<long long>(st.retries), static_cast<long long>(st.hedges),
+                   static_cast<long long>(st.failures), st.wait_seconds, st.lookup_seconds,
+                   st.lookup_seconds > 0 ? 100.0 * (1.0 - st.wait_seconds / st.lookup_seconds) : 0.0);
+    }
   }
   return absl::OkStatus();
 }

@@ -28,6 +28,7 @@ ABSL_FLAG(std::string, text, "", "a text file, tokenized with the model's tokeni
 ABSL_FLAG(std::string, logits_out, "", "write float32 logits [T, V] to this .npy file");
 ABSL_FLAG(std::string, rows_out, "", "write int64 selected t values [J, T, H*m] to this .npy file");
 ABSL_FLAG(bool, decode, false, "feed tokens one at a time through the KV cache");
+ABSL_FLAG(std::string, shard_map, "", "shard map (protobuf text): memory layers served by memory servers");
 ABSL_FLAG(int, threads, 0, "CPU threads (0: one per core)");
 ABSL_FLAG(int, window, 0, "tokens per evaluation window for --text (0: max_position_embeddings)");
 
@@ -64,6 +65,7 @@ absl::Status Run() {
   ModelRuntimeOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);
   options.engine.num_threads = absl::GetFlag(FLAGS_threads);
+  options.shard_map_path = absl::GetFlag(FLAGS_shard_map);
   if (options.model_dir.empty()) return absl::InvalidArgumentError("--model is required");
   const bool from_text = !absl::GetFlag(FLAGS_text).empty();
   if (from_text == !absl::GetFlag(FLAGS_tokens).empty()) {

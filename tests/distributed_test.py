@@ -1,0 +1,185 @@
+"""Distributed inference (issue 4) with real processes on loopback: a model split over 3 memory
+shards by rows and by columns, 2 replicas each, against the in-process engine.
+
+  /usr/bin/python3 tests/distributed_test.py [--build build]
+"""
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import unittest
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from cluster import Cluster  # noqa: E402
+
+BUILD = "build"
+CONFIG = {
+    "model_type": "ultramem", "vocab_size": 300, "hidden_size": 192, "num_layers": 6,
+    "num_attention_heads": 6, "num_key_value_heads": 2, "head_dim": 32, "intermediate_size": 384,
+    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 1024,
+    "tie_word_embeddings": False,
+    "memory": {"layers": [[0, 2], [2, 4], [3, 5]], "knum": 32, "value_expand": 4, "key_dim": 32,
+               "value_dim": 64, "heads": 2, "topk": 8, "tucker_rank": 2, "tucker_cores": 2,
+               "norm_eps": 1e-5},
+    "tokenizer": {"type": "bytes", "special_tokens": {"<|bos|>": 256, "<|eos|>": 257}},
+}
+N, DV = 32 * 32, 64
+# Shards: rows [0, N/2) all columns; rows [N/2, N) split into two column halves.
+SHARDS = [("rows-lo", (0, N // 2), (0, DV)),
+          ("rows-hi-cols-lo", (N // 2, N), (0, DV // 2)),
+          ("rows-hi-cols-hi", (N // 2, N), (DV // 2, DV))]
+MODEL_ID = "dist-test"
+
+
+def shard_map_text(addresses, model_id=MODEL_ID, timeout_ms=2000):
+    out = ['model_id: "%s"' % model_id, "lookup_timeout_ms: %d" % timeout_ms]
+    for (name, rows, cols), addrs in zip(SHARDS, addresses):
+        out.append("shards {")
+        out.append('  name: "%s"' % name)
+        out.append("  block { row_begin: %d row_end: %d col_begin: %d col_end: %d }" %
+                   (rows[0], rows[1], cols[0], cols[1]))
+        for a in addrs:
+            out.append('  replicas: "%s"' % a)
+        out.append("}")
+    return "\n".join(out) + "\n"
+
+
+class DistributedTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.c = Cluster(BUILD)
+        seed = int(os.environ.get("UM_SEED", random.randrange(1 << 30)))
+        print("distributed_test seed", seed, flush=True)
+        cls.model = cls.c.make_checkpoint("model", CONFIG, seed=seed, scale=0.08)
+        cls.stores = []
+        for s, (name, rows, cols) in enumerate(SHARDS):
+            pair = []
+            for r in range(2):
+                pair.append(cls.c.import_store(cls.model, cls.c.path("store-%s-%d" % (name, r)),
+                                               MODEL_ID, rows=rows, cols=cols))
+            cls.stores.append(pair)
+        cls.servers = [[cls.c.start_memory_server(st) for st in pair] for pair in cls.stores]
+        cls.map_path = cls.c.path("shards.pbtxt")
+        with open(cls.map_path, "w") as f:
+            f.write(shard_map_text([[addr for _, addr in pair] for pair in cls.servers]))
+        cls.tokens = ",".join(str(random.Random(seed).randrange(256)) for _ in range(40))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.c.close()
+
+    def score(self, *extra, check=True):
+        out = self.c.path("logits-%d.npy" % random.randrange(1 << 30))
+        r = self.c.run("ultramem-score", "--model", self.model, "--tokens", self.tokens,
+                       "--logits-out", out, *extra, check=check)
+        return r, (np.load(out) if r.returncode == 0 else None)
+
+    def generate(self, *extra, **kw):
+        return self.c.run("ultramem-generate", "--model", self.model, "--prompt", "The memory ",
+                          "--max-tokens", 64, "--ignore-eos", *extra, **kw)
+
+    def assert_logits_close(self, got, ref):
+        """Relative error per position as ||got - ref||_2 / ||ref||_2, at most 1e-6.
+
+        Row shards return float32 partial sums, so pooled values may differ from the in-process
+        ones in the last bit; the max-abs ratio is printed too, for information."""
+        rel = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
+        rel_max = np.abs(got - ref).max(axis=1) / np.abs(ref).max(axis=1)
+        print("  relative error per position: max L2 %.3g, max-abs ratio %.3g" %
+              (rel.max(), rel_max.max()), flush=True)
+        self.assertLessEqual(rel.max(), 1e-6, "per-position relative error %s" % rel.max())
+
+    def test_1_logits_match_in_process(self):
+        _, ref = self.score()
+        _, dist = self.score("--shard-map", self.map_path)
+        self.assert_logits_close(dist, ref)
+        _, ref_decode = self.score("--decode")
+        _, dist_decode = self.score("--shard-map", self.map_path, "--decode")
+        self.assert_logits_close(dist_decode, ref_decode)
+
+    def test_2_greedy_tokens_identical(self):
+        ref = self.generate().stdout
+        dist = self.generate("--shard-map", self.map_path)
+        self.assertEqual(dist.stdout, ref)
+        self.assertGreater(len(ref), 16)  # 64 tokens of bytes, possibly merged by UTF-8 decoding
+
+    def test_3_kill_one_replica_during_generation(self):
+        cmd = [os.path.join(self.c.bin, "ultramem-generate"), "--model", self.model, "--prompt",
+               "The memory ", "--max-tokens", "600", "--ignore-eos"]
+        ref = subprocess.run(cmd, capture_output=True, check=True).stdout  # bytes, untranslated
+        gen = subprocess.Popen(cmd + ["--shard-map", self.map_path], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+        first = gen.stdout.read(1)  # generation has started
+        gen.send_signal(signal.SIGSTOP)
+        victim, _ = self.servers[1][0]
+        self.c.kill(victim)
+        gen.send_signal(signal.SIGCONT)
+        rest, err = gen.communicate(timeout=120)
+        self.assertEqual(gen.returncode, 0, err.decode())
+        self.assertEqual(first + rest, ref)
+        self.assertGreater(len(rest), 100, "the generation ended before the replica was killed")
+        self.assertIn("retries", err.decode())
+        # Bring the replica back for the next tests.
+        self.servers[1][0] = self.c.start_memory_server(self.stores[1][0],
+                                                        port=int(self.servers[1][0][1].split(":")[1]))
+
+    def test_4_all_replicas_of_a_block_down_then_back(self):
+        ports = [int(addr.split(":")[1]) for _, addr in self.servers[2]]
+        for p, _ in self.servers[2]:
+            self.c.kill(p)
+        t0 = time.time()
+        r, _ = self.score("--shard-map", self.map_path, check=False)
+        elapsed = time.time() - t0
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("UNAVAILABLE", r.stderr)
+        self.assertIn("rows-hi-cols-hi", r.stderr)
+        self.assertLess(elapsed, 2.0 + 3.0, "failed after %.1f s, deadline 2 s" % elapsed)
+        self.servers[2] = [self.c.start_memory_server(st, port=pt)
+                           for st, pt in zip(self.stores[2], ports)]
+        _, ref = self.score()
+        _, dist = self.score("--shard-map", self.map_path)
+        self.assert_logits_close(dist, ref)
+
+    def test_5_replica_of_another_model_is_refused(self):
+        other = self.c.make_checkpoint("other", CONFIG, seed=99)
+        store = self.c.import_store(other, self.c.path("store-other"), "another-model",
+                                    rows=SHARDS[0][1], cols=SHARDS[0][2])
+        _, addr = self.c.start_memory_server(store)
+        addrs = [[a for _, a in pair] for pair in self.servers]
+        addrs[0] = [addrs[0][0], addr]
+        path = self.c.path("bad.pbtxt")
+        with open(path, "w") as f:
+            f.write(shard_map_text(addrs))
+        r, _ = self.score("--shard-map", path, check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("FAILED_PRECONDITION", r.stderr)
+        self.assertIn(addr, r.stderr)
+        self.assertIn("another-model", r.stderr)
+
+    def test_6_bad_shard_maps_are_refused(self):
+        addrs = [[a for _, a in pair] for pair in self.servers]
+        text = shard_map_text(addrs).replace("row_begin: 0 row_end: %d" % (N // 2),
+                                             "row_begin: 0 row_end: %d" % (N // 2 - 8))
+        path = self.c.path("gap.pbtxt")
+        with open(path, "w") as f:
+            f.write(text)
+        r, _ = self.score("--shard-map", path, check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("some rows or columns have no shard", r.stderr)
+        with open(path, "w") as f:
+            f.write("shards { name: \n")
+        r, _ = self.score("--shard-map", path, check=False)
+        self.assertIn("line", r.stderr)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default="build")
+    args, rest = ap.parse_known_args()
+    BUILD = os.path.abspath(args.build)
+    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
