@@ -2,11 +2,11 @@
 """The committed default model (models/ultramem-tiny) scored by the C++ engine and by the PyTorch
 reference on the same held-out text gives the same perplexity (relative difference <= 1e-3).
 
-  /usr/bin/python3 tests/trained_model_test.py [--build DIR] [--bytes 4096] [--window 512]
+  /usr/bin/python3 tests/trained_model_test.py [--build DIR] [--bytes 2048] [--window 512]
 
 Takes the first --bytes bytes of data/corpus/heldout.txt, runs BUILD/bin/ultramem-score --text on
 them with --window (non-overlapping windows, each a fresh sequence), and the reference
-(python/ultramem_ref, float64 on the CPU) on the same windows; compares mean NLL and perplexity.
+(python/ultramem_ref, float32 on the CPU, log-softmax in float64) on the same windows; compares mean NLL and perplexity.
 Exit status 0 on a match, 1 otherwise (77 when the binary is missing: not built)."""
 
 import argparse
@@ -27,7 +27,7 @@ def reference_nll(model_dir, data, window, threads):
     from ultramem_ref import checkpoint
     if threads:
         torch.set_num_threads(threads)
-    _, model = checkpoint.load(model_dir, dtype=torch.float64)
+    _, model = checkpoint.load(model_dir, dtype=torch.float32)
     nll, predicted = 0.0, 0
     with torch.no_grad():
         for w0 in range(0, len(data), window):
@@ -46,7 +46,7 @@ def main(argv=None):
     p.add_argument("--build", default=os.path.join(REPO, "build"), help="CMake build directory")
     p.add_argument("--model", default=os.path.join(REPO, "models", "ultramem-tiny"))
     p.add_argument("--text", default=os.path.join(REPO, "data", "corpus", "heldout.txt"))
-    p.add_argument("--bytes", type=int, default=4096, help="prefix of --text to score")
+    p.add_argument("--bytes", type=int, default=2048, help="prefix of --text to score")
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--tol", type=float, default=1e-3, help="relative perplexity difference")
     p.add_argument("--threads", type=int, default=2)
