@@ -644,6 +644,21 @@ std::unique_ptr<PendingPool> RemotePooler::Start(const PoolRequest& request) {
   return std::make_unique<RemotePending>(&impl, std::move(state));
 }
 
+void RemotePooler::Probe(int timeout_ms) {
+  for (auto& shard : impl_->shards) {
+    for (auto& rep : shard->replicas) {
+      if (rep->live.load()) continue;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+      v1::PingResponse pong;
+      if (rep->stub->Ping(&ctx, v1::PingRequest(), &pong).ok()) {
+        rep->live = true;
+        rep->down_until_ns = 0;
+      }
+    }
+  }
+}
+
 bool RemotePooler::AllBlocksLive() const { return DeadBlocks().empty(); }
 
 std::string RemotePooler::DeadBlocks() const {

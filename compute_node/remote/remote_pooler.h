@@ -57,6 +57,10 @@ class RemotePooler : public RowPooler {
 
   std::unique_ptr<PendingPool> Start(const PoolRequest& request) override;
 
+  // Pings every replica that is not live (deadline timeout_ms each) and marks those that answer.
+  // The compute node's health loop calls it so that a shard that comes back is noticed even while
+  // no lookup is sent to it.
+  void Probe(int timeout_ms = 500);
   // True when every block has at least one replica that answered its last call.
   bool AllBlocksLive() const;
   // Names the blocks with no live replica (empty when AllBlocksLive).
