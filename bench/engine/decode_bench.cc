@@ -24,6 +24,7 @@ ABSL_FLAG(int, batch, 1, "sequences decoded together");
 ABSL_FLAG(int, prompt, 32, "prompt tokens per sequence before timing");
 ABSL_FLAG(int, steps, 32, "timed decode steps");
 ABSL_FLAG(int, threads, 0, "CPU threads (0: one per core)");
+ABSL_FLAG(std::string, shard_map, "", "serve memory layers from the memory servers of this shard map");
 
 namespace ultramem {
 namespace {
@@ -55,6 +56,7 @@ absl::Status Run() {
   ModelRuntimeOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);
   options.engine.num_threads = absl::GetFlag(FLAGS_threads);
+  options.shard_map_path = absl::GetFlag(FLAGS_shard_map);
   const int threads = options.engine.num_threads > 0
                           ? options.engine.num_threads
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -74,6 +76,7 @@ absl::Status Run() {
   }
   std::vector<int32_t> next(batch);
   std::vector<double> step_s;
+  const RemotePoolerStats before = rt->remote ? rt->remote->Stats() : RemotePoolerStats{};
   ForwardOutput out;
   for (int s = 0; s < steps + 2; ++s) {
     std::vector<SequenceInput> inputs;
@@ -85,6 +88,9 @@ absl::Status Run() {
     UM_RETURN_IF_ERROR(rt->engine->Forward(absl::MakeConstSpan(inputs), {}, &out));
     if (s >= 2) step_s.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
   }
+  const RemotePoolerStats after = rt->remote ? rt->remote->Stats() : RemotePoolerStats{};
+  const double lookup_s = after.lookup_seconds - before.lookup_seconds;
+  const double wait_s = after.wait_seconds - before.wait_seconds;
   std::sort(step_s.begin(), step_s.end());
   const double median = step_s[step_s.size() / 2];
 
@@ -106,9 +112,11 @@ absl::Status Run() {
   const double floor_s = bytes / bandwidth;
   std::printf(
       "{\"batch\": %d, \"threads\": %d, \"step_ms\": %.4f, \"tokens_per_s\": %.2f, "
-      "\"bytes_per_step\": %lld, \"copy_gbps\": %.2f, \"floor_ms\": %.4f, \"vs_floor\": %.3f}\n",
+      "\"bytes_per_step\": %lld, \"copy_gbps\": %.2f, \"floor_ms\": %.4f, \"vs_floor\": %.3f, "
+      "\"lookup_ms_per_step\": %.4f, \"wait_ms_per_step\": %.4f, \"hidden_share\": %.3f}\n",
       batch, threads, median * 1e3, batch / median, static_cast<long long>(bytes), bandwidth / 1e9,
-      floor_s * 1e3, median / floor_s);
+      floor_s * 1e3, median / floor_s, lookup_s * 1e3 / (steps + 2), wait_s * 1e3 / (steps + 2),
+      lookup_s > 0 ? 1.0 - wait_s / lookup_s : 0.0);
   return absl::OkStatus();
 }
 

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Starts the local UltraMem Serve cluster: two memory servers (the model's value tables split by
+# rows), a compute node using them, and the chat gateway. Prints the endpoint and keeps serving
+# until Ctrl-C, then stops everything it started.
+#
+#   scripts/serve.sh [--model DIR] [--no-build]
+#
+# Environment: UM_BUILD_DIR (build), UM_STATE_DIR (var/serve: stores, logs, shard map),
+# UM_GATEWAY_PORT (7000), UM_COMPUTE_PORT (7100), UM_MEMORY_PORT (7070: shard i on +i),
+# UM_METRICS_BASE (0: gateway 9000, compute 9100, memory 9470+i; or N: N, N+1, N+2+i),
+# ULTRAMEM_AUTH_TOKEN (when set, the gateway requires "authorization: Bearer <token>").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+MODEL=models/ultramem-tiny
+BUILD_STEP=1
+while (($#)); do
+  case "$1" in
+    --model) MODEL=$2; shift 2 ;;
+    --no-build) BUILD_STEP=0; shift ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "serve.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+BUILD=${UM_BUILD_DIR:-build}
+STATE=${UM_STATE_DIR:-var/serve}
+GATEWAY_PORT=${UM_GATEWAY_PORT:-7000}
+COMPUTE_PORT=${UM_COMPUTE_PORT:-7100}
+MEMORY_PORT=${UM_MEMORY_PORT:-7070}
+if [ "${UM_METRICS_BASE:-0}" -gt 0 ]; then
+  GATEWAY_METRICS=$UM_METRICS_BASE; COMPUTE_METRICS=$((UM_METRICS_BASE + 1)); MEMORY_METRICS=$((UM_METRICS_BASE + 2))
+else
+  GATEWAY_METRICS=9000; COMPUTE_METRICS=9100; MEMORY_METRICS=9470
+fi
+
+if ((BUILD_STEP)); then
+  scripts/install-deps.sh
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  ninja -C "$BUILD" ultramem-import ultramem-memory-server ultramem-compute-node ultramem-gateway ultramem-chat
+fi
+BIN=$ROOT/$BUILD/bin
+mkdir -p "$STATE/logs"
+
+pids=()
+stop_all() {
+  trap - INT TERM EXIT
+  if ((${#pids[@]})); then
+    echo "stopping ${#pids[@]} processes"
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+  fi
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+# Waits until a process's log shows SERVING; fails if the process dies first.
+wait_serving() {
+  local pid=$1 log=$2 name=$3
+  for _ in $(seq 1 600); do
+    grep -q '^SERVING' "$log" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || { echo "$name exited; its log ($log):" >&2; tail -20 "$log" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "$name not serving after 60 s ($log)" >&2
+  exit 1
+}
+
+read -r N MODEL_ID < <(/usr/bin/python3 - "$MODEL" <<'PY'
+import hashlib, json, os, sys
+d = sys.argv[1]
+raw = open(os.path.join(d, "config.json"), "rb").read()
+cfg = json.loads(raw)
+print(cfg["memory"]["knum"] ** 2, "%s-%s" % (os.path.basename(os.path.abspath(d)), hashlib.sha256(raw).hexdigest()[:8]))
+PY
+)
+HALF=$((N / 2))
+ranges=("0:$HALF" "$HALF:$N")
+shard_map=$STATE/shard_map.pbtxt
+{
+  echo "# Written by scripts/serve.sh for $MODEL"
+  echo "model_id: \"$MODEL_ID\""
+} >"$shard_map"
+for i in 0 1; do
+  store=$STATE/memory-$i
+  echo "== memory shard $i: rows ${ranges[$i]} of $MODEL -> $store"
+  "$BIN/ultramem-import" --checkpoint "$MODEL" --store-dir "$store" --version "$MODEL_ID" \
+    --model-id "$MODEL_ID" --rows "${ranges[$i]}" --progress off >"$STATE/logs/import-$i.log" 2>&1 ||
+    { tail -20 "$STATE/logs/import-$i.log" >&2; exit 1; }
+  log=$STATE/logs/memory-$i.log
+  "$BIN/ultramem-memory-server" --store-dir "$store" --listen "127.0.0.1:$((MEMORY_PORT + i))" \
+    --metrics-listen "127.0.0.1:$((MEMORY_METRICS + i))" >"$log" 2>&1 &
+  pids+=($!)
+  wait_serving $! "$log" "memory server $i"
+  cat >>"$shard_map" <<MAP
+shards {
+  name: "memory-$i"
+  block { row_begin: ${ranges[$i]%:*} row_end: ${ranges[$i]#*:} }
+  replicas: "127.0.0.1:$((MEMORY_PORT + i))"
+}
+MAP
+done
+
+echo "== compute node"
+log=$STATE/logs/compute.log
+"$BIN/ultramem-compute-node" --model "$MODEL" --shard-map "$shard_map" \
+  --listen "127.0.0.1:$COMPUTE_PORT" --metrics-listen "127.0.0.1:$COMPUTE_METRICS" >"$log" 2>&1 &
+pids+=($!)
+wait_serving $! "$log" "compute node"
+
+echo "== gateway"
+log=$STATE/logs/gateway.log
+"$BIN/ultramem-gateway" --backends "127.0.0.1:$COMPUTE_PORT" --listen "127.0.0.1:$GATEWAY_PORT" \
+  --metrics-listen "127.0.0.1:$GATEWAY_METRICS" >"$log" 2>&1 &
+pids+=($!)
+wait_serving $! "$log" "gateway"
+
+auth=""
+[ -n "${ULTRAMEM_AUTH_TOKEN:-}" ] && auth=" -H 'authorization: Bearer \$ULTRAMEM_AUTH_TOKEN'"
+cat <<EOF
+
+UltraMem Serve is up: chat endpoint 127.0.0.1:$GATEWAY_PORT (gRPC, ultramem.v1.ChatService)
+  model $MODEL (id $MODEL_ID), memory servers 127.0.0.1:$MEMORY_PORT,$((MEMORY_PORT + 1)), compute node 127.0.0.1:$COMPUTE_PORT
+  metrics: gateway :$GATEWAY_METRICS, compute node :$COMPUTE_METRICS, memory :$MEMORY_METRICS,$((MEMORY_METRICS + 1))   logs: $STATE/logs/
+
+Try:
+  $BUILD/bin/ultramem-chat --endpoint 127.0.0.1:$GATEWAY_PORT "And God said"
+  grpcurl -plaintext$auth -d '{"messages":[{"role":"ROLE_USER","content":"And God said"}]}' 127.0.0.1:$GATEWAY_PORT ultramem.v1.ChatService/Chat
+
+Ctrl-C stops everything.
+READY
+EOF
+wait -n "${pids[@]}" || true
+echo "a process exited; stopping the cluster" >&2
+exit 1
