@@ -49,6 +49,37 @@ du -sh "$CKPT"
 stamp "CUDA engine decode bench"
 timeout 200 "$BIN/ultramem-cuda-bench" --model "$CKPT" --batches "$BATCHES" --context 512 2>&1 | tee "$OUT/cuda_bench.log"
 
+if [[ -z ${SKIP_NCU:-} ]]; then
+  stamp "per-kernel profile of batch-1 decode steps (ncu, one metric, clocks left alone)"
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  if [[ -n $NCU ]]; then
+    timeout 150 "$NCU" --clock-control none --launch-skip 200 --launch-count 160 --csv \
+      --print-summary per-kernel --metrics gpu__time_duration.sum \
+      "$BIN/ultramem-cuda-bench" --model "$CKPT" --batches 1 --context 64 --iters 1 \
+      >"$OUT/ncu.csv" 2>"$OUT/ncu.err"
+    python3 - "$OUT/ncu.csv" <<'PY'
+import csv, sys
+rows = []
+lines = [l for l in open(sys.argv[1]) if l.startswith('"')]
+for r in csv.DictReader(lines):
+    try:
+        n, avg = int(r["Invocations"]), float(r["Average"].replace(",", ""))
+    except (KeyError, ValueError):
+        continue
+    unit = r.get("Metric Unit", "")
+    scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(unit, 1e-3)
+    rows.append((n * avg * scale, n, avg * scale, r["Kernel Name"][:90]))
+rows.sort(reverse=True)
+total = sum(r[0] for r in rows)
+print(f"ncu: {sum(r[1] for r in rows)} kernels, {total:.0f} us of kernel time in the profiled window")
+for t, n, a, name in rows[:14]:
+    print(f"{t:8.1f} us {n:4d} x {a:7.2f} us  {name}")
+PY
+  else
+    echo "ncu not found"
+  fi
+fi
+
 stamp "GPU pooling kernel bench"
 timeout 60 "$BIN/ultramem-gpu-pool-bench" 2>&1 | tee "$OUT/pool_bench.log"
 

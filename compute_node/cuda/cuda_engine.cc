@@ -356,7 +356,7 @@ absl::Status CudaEngine::EnqueueMemoryQuery(int j, int T, cudaStream_t stream,
                                             cublasHandle_t blas) {
   const MemoryConfig& mc = *cfg_.memory;
   DeviceMemoryLayer& d = mem_layers_[j];
-  UM_RETURN_IF_ERROR(GemmBf16(blas, d.u.get(), T, d.query_proj.get(), 2 * mc.key_dim,
+  UM_RETURN_IF_ERROR(MatMulBf16(blas, stream, d.u.get(), T, d.query_proj.get(), 2 * mc.key_dim,
                               cfg_.hidden_size, d.q.get(), false));
   LaunchQueryNorm(d.q.get(), d.query_norm.get(), T, mc.key_dim, mc.norm_eps, d.qn.get(), stream);
   const int key_rows = static_cast<int>(mc.NumKeys() * mc.tucker_rank);
@@ -397,12 +397,12 @@ absl::Status CudaEngine::Enqueue(int T, int R) {
     DeviceBlock& bw = blocks_[b];
     LaunchRmsNorm(x_.get(), bw.attn_norm.get(), T, D, cfg_.rms_norm_eps, nullptr, xn_.get(),
                   nullptr, main_);
-    UM_RETURN_IF_ERROR(GemmBf16(blas_main_, xn_.get(), T, bw.wqkv.get(), qkv_width, D, qkv_.get(), false));
+    UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, xn_.get(), T, bw.wqkv.get(), qkv_width, D, qkv_.get(), false));
     LaunchRopeAndCache(qkv_.get(), kv_.get(), rope_.get(), T, nh, nkv, hd, b, main_);
     LaunchAttention(qkv_.get(), kv_.get(), T, nh, nkv, hd, b, splits, attn_scratch_.get(),
                     attn_.get(), main_);
     CUDA_CHECK(cudaGetLastError());
-    UM_RETURN_IF_ERROR(GemmBf16(blas_main_, attn_.get(), T, bw.wo.get(), D, nh * hd, x_.get(), true));
+    UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, attn_.get(), T, bw.wo.get(), D, nh * hd, x_.get(), true));
 
     // u_b; the memory layers reading block b get their own copy and start.
     int first_reader = -1;
@@ -453,10 +453,10 @@ absl::Status CudaEngine::Enqueue(int T, int R) {
       }
     }
 
-    UM_RETURN_IF_ERROR(GemmBf16(blas_main_, xn_.get(), T, bw.w_gate_up.get(), 2 * F, D, gate_up_.get(), false));
+    UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, xn_.get(), T, bw.w_gate_up.get(), 2 * F, D, gate_up_.get(), false));
     LaunchSwiGlu(gate_up_.get(), T, F, act_.get(), main_);
     CUDA_CHECK(cudaGetLastError());
-    UM_RETURN_IF_ERROR(GemmBf16(blas_main_, act_.get(), T, bw.w_down.get(), D, F, x_.get(), true));
+    UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, act_.get(), T, bw.w_down.get(), D, F, x_.get(), true));
 
     for (int j = 0; j < J; ++j) {
       DeviceMemoryLayer& d = mem_layers_[j];
@@ -477,7 +477,7 @@ absl::Status CudaEngine::Enqueue(int T, int R) {
         LaunchToBf16(d.y_f32.get(), static_cast<int64_t>(T) * y_width, d.y.get(), main_);
         CUDA_CHECK(cudaGetLastError());
       }
-      UM_RETURN_IF_ERROR(GemmBf16(blas_main_, d.y.get(), T, d.values_proj.get(), D, y_width, x_.get(), true));
+      UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, d.y.get(), T, d.values_proj.get(), D, y_width, x_.get(), true));
     }
   }
   for (auto& p : pending) {
@@ -488,7 +488,7 @@ absl::Status CudaEngine::Enqueue(int T, int R) {
                 final_xn_.get(), nullptr, main_);
   CUDA_CHECK(cudaGetLastError());
   const bf16* head = lm_head_.size() > 0 ? lm_head_.get() : embed_.get();
-  UM_RETURN_IF_ERROR(GemmBf16(blas_main_, final_xn_.get(), R, head, cfg_.vocab_size, D, logits_.get(), false));
+  UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, final_xn_.get(), R, head, cfg_.vocab_size, D, logits_.get(), false));
   return absl::OkStatus();
 }
 

@@ -129,6 +129,21 @@ TEST(CudaOps, GemmBf16MatchesCpu) {
     EXPECT_LE(RelErr(Down(dy, T * out), want), 1e-2);
     cublasDestroy(h);
   }
+  // The skinny kernel MatMulBf16 picks for 1..8 tokens.
+  for (auto [T, out, in] : {std::tuple{1, 3072, 1024}, std::tuple{3, 1000, 2816}, std::tuple{8, 77, 64}}) {
+    auto x = RandomBf16(rng, T * in, 1.0f), w = RandomBf16(rng, out * in, 0.05f);
+    auto y0 = RandomBf16(rng, T * out, 1.0f);
+    std::vector<float> want = y0, want_plain(T * out);
+    MatMulWT(pool, x.data(), T, w.data(), out, in, want.data(), /*accumulate=*/true);
+    MatMulWT(pool, x.data(), T, w.data(), out, in, want_plain.data(), /*accumulate=*/false);
+    auto dx = UpBf16(x), dw = UpBf16(w);
+    auto dy = Up(y0);
+    ASSERT_OK(MatMulBf16(nullptr, nullptr, dx.get(), T, dw.get(), out, in, dy.get(), true));
+    EXPECT_LE(RelErr(Down(dy, T * out), want), 1e-2) << "gemv T " << T;
+    Poison(dy);
+    ASSERT_OK(MatMulBf16(nullptr, nullptr, dx.get(), T, dw.get(), out, in, dy.get(), false));
+    EXPECT_LE(RelErr(Down(dy, T * out), want_plain), 1e-2) << "gemv T " << T;
+  }
 }
 
 TEST(CudaOps, RmsNormAndSwiGluMatchCpu) {
@@ -331,6 +346,7 @@ TEST(CudaOps, MemorySelectMatchesCpuBenchShape) {
   SKIP_WITHOUT_GPU();
   // The bench layer's shape with knum 1024 (n = 2048), Dk 256, H 2, m 32, r 2, h 2.
   RunSelect({200, 1024, 4, 256, 2, 32, 2, 2, false});
+  RunSelect({5, 1024, 4, 256, 2, 32, 2, 2, false});  // the decode-step (few tokens) score kernel
 }
 
 TEST(CudaOps, MemorySelectMatchesCpuOddShapes) {

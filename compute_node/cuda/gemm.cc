@@ -3,6 +3,7 @@
 #include "compute_node/cuda/gemm.h"
 
 #include "compute_node/cuda/cuda_check.h"
+#include "compute_node/cuda/gemv.cuh"
 
 namespace ultramem::cuda {
 
@@ -17,6 +18,18 @@ absl::Status GemmBf16(cublasHandle_t handle, const __nv_bfloat16* x, int64_t tok
                             static_cast<int>(in_dim), &beta, y, CUDA_R_32F,
                             static_cast<int>(out_dim), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   return absl::OkStatus();
+}
+
+absl::Status MatMulBf16(cublasHandle_t handle, cudaStream_t stream, const __nv_bfloat16* x,
+                        int64_t tokens, const __nv_bfloat16* w, int64_t out_dim, int64_t in_dim,
+                        float* y, bool accumulate) {
+  if (tokens >= 1 && tokens <= kMaxGemvTokens && in_dim % 8 == 0) {
+    LaunchGemvBf16(x, static_cast<int>(tokens), w, static_cast<int>(out_dim),
+                   static_cast<int>(in_dim), y, accumulate, stream);
+    CUDA_CHECK(cudaGetLastError());
+    return absl::OkStatus();
+  }
+  return GemmBf16(handle, x, tokens, w, out_dim, in_dim, y, accumulate);
 }
 
 }  // namespace ultramem::cuda

@@ -3,6 +3,7 @@
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
 
@@ -15,5 +16,11 @@ namespace ultramem::cuda {
 absl::Status GemmBf16(cublasHandle_t handle, const __nv_bfloat16* x, int64_t tokens,
                       const __nv_bfloat16* w, int64_t out_dim, int64_t in_dim, float* y,
                       bool accumulate);
+
+// The same product, choosing the kernel: the skinny GEMV kernel for a few tokens (gemv.cuh),
+// cuBLAS otherwise. Runs on `stream`, which must be the handle's stream.
+absl::Status MatMulBf16(cublasHandle_t handle, cudaStream_t stream, const __nv_bfloat16* x,
+                        int64_t tokens, const __nv_bfloat16* w, int64_t out_dim, int64_t in_dim,
+                        float* y, bool accumulate);
 
 }  // namespace ultramem::cuda

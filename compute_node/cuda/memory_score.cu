@@ -68,6 +68,53 @@ static __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Few tokens (decode steps): one warp per key row, 16-byte key loads, the dot products for every
+// token at once; the keys are streamed once at close to copy bandwidth.
+static constexpr int kSmallTokens = 8, kWarps = 8;
+
+template <int kT>
+static __global__ void __launch_bounds__(kWarps * 32)
+    KeyScoresSmallKernel(const float* qn, const __nv_bfloat16* keys_hat, int tokens, int key_rows,
+                         int key_dim, int total_rows, float* scores) {
+  const int lane = threadIdx.x & 31;
+  const int grow = blockIdx.x * kWarps + (threadIdx.x >> 5);  // over [H·2][key_rows]
+  if (grow >= total_rows) return;
+  const int hs = grow / key_rows, row = grow - hs * key_rows;
+  const int side = hs & 1;
+  const uint4* k = reinterpret_cast<const uint4*>(keys_hat + static_cast<int64_t>(grow) * key_dim);
+  const float* q = qn + static_cast<int64_t>(side) * tokens * key_dim;
+  float acc[kT];
+#pragma unroll
+  for (int t = 0; t < kT; ++t) acc[t] = 0.0f;
+  for (int c = lane; c < key_dim / 8; c += 32) {
+    const uint4 raw = __ldg(k + c);
+    const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&raw);
+    float kf[8];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const float2 f = __bfloat1622float2(p[u]);
+      kf[2 * u] = f.x;
+      kf[2 * u + 1] = f.y;
+    }
+#pragma unroll
+    for (int t = 0; t < kT; ++t) {
+      if (t < tokens) {
+        const float4* qv = reinterpret_cast<const float4*>(q + static_cast<int64_t>(t) * key_dim + c * 8);
+        const float4 a = __ldg(qv), b = __ldg(qv + 1);
+        acc[t] += kf[0] * a.x + kf[1] * a.y + kf[2] * a.z + kf[3] * a.w + kf[4] * b.x +
+                  kf[5] * b.y + kf[6] * b.z + kf[7] * b.w;
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kT; ++t) {
+    if (t >= tokens) break;
+    float v = acc[t];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) scores[(static_cast<int64_t>(hs) * tokens + t) * key_rows + row] = v;
+  }
+}
+
 void LaunchQueryNorm(const float* q, const float* weight, int tokens, int key_dim, float eps,
                      float* qn, cudaStream_t stream) {
   if (tokens == 0) return;
@@ -77,6 +124,12 @@ void LaunchQueryNorm(const float* q, const float* weight, int tokens, int key_di
 void LaunchKeyScores(const float* qn, const __nv_bfloat16* keys_hat, int tokens, int heads,
                      int key_rows, int key_dim, float* scores, cudaStream_t stream) {
   if (tokens == 0) return;
+  if (tokens <= kSmallTokens && key_dim % 8 == 0) {
+    const int total = heads * 2 * key_rows;
+    KeyScoresSmallKernel<kSmallTokens><<<(total + kWarps - 1) / kWarps, kWarps * 32, 0, stream>>>(
+        qn, keys_hat, tokens, key_rows, key_dim, total, scores);
+    return;
+  }
   const dim3 grid((key_rows + kRows - 1) / kRows, (tokens + kToks - 1) / kToks, heads * 2);
   KeyScoresKernel<<<grid, kThreads, 0, stream>>>(qn, keys_hat, tokens, key_rows, key_dim, scores);
 }
