@@ -6,6 +6,7 @@ shards by rows and by columns, 2 replicas each, against the in-process engine.
 import argparse
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -127,6 +128,22 @@ class DistributedTest(unittest.TestCase):
         # Bring the replica back for the next tests.
         self.servers[1][0] = self.c.start_memory_server(self.stores[1][0],
                                                         port=int(self.servers[1][0][1].split(":")[1]))
+
+    def test_3b_hung_replica_is_hedged(self):
+        ref = self.generate().stdout
+        victim, _ = self.servers[0][1]
+        victim.send_signal(signal.SIGSTOP)  # alive but silent: only a hedge (or the deadline) helps
+        try:
+            t0 = time.time()
+            dist = self.generate("--shard-map", self.map_path)
+            elapsed = time.time() - t0
+        finally:
+            victim.send_signal(signal.SIGCONT)
+        self.assertEqual(dist.stdout, ref)
+        hedges = int(re.search(r"hedges (\d+)", dist.stderr).group(1))
+        print("  hung replica: %d hedges, %.2f s" % (hedges, elapsed), flush=True)
+        self.assertGreater(hedges, 0)
+        self.assertLess(elapsed, 10.0)
 
     def test_4_all_replicas_of_a_block_down_then_back(self):
         ports = [int(addr.split(":")[1]) for _, addr in self.servers[2]]

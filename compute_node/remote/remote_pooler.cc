@@ -632,10 +632,11 @@ std::unique_ptr<PendingPool> RemotePooler::Start(const PoolRequest& request) {
   for (auto& [call, attempt] : first) {
     impl.Send(state, call, attempt);
     if (impl.map.disable_hedging() || call->shard->replicas.size() < 2) continue;
+    // Without enough history to know what "slow" is, hedge after a fixed 20 ms: a replica that
+    // hangs must not cost the whole deadline.
     const double p = call->shard->Percentile(impl.hedge_percentile);
-    if (p < 0) continue;
-    const auto delay = std::chrono::microseconds(
-        std::max<int64_t>(impl.hedge_min_delay_us, static_cast<int64_t>(p * 1e6)));
+    const int64_t delay_us = p < 0 ? 20000 : static_cast<int64_t>(p * 1e6);
+    const auto delay = std::chrono::microseconds(std::max<int64_t>(impl.hedge_min_delay_us, delay_us));
     std::weak_ptr<LookupState> weak = state;
     impl.timer->Schedule(state->start + delay, [&impl, weak, call = call] {
       if (auto s = weak.lock()) impl.MaybeHedge(s, call);
