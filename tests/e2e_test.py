@@ -98,7 +98,7 @@ class EndToEndTest(unittest.TestCase):
 
     def chat_text(self, req, metadata=None):
         text, last = "", None
-        for c in self.stub.Chat(req, metadata=metadata or self.auth, timeout=60):
+        for c in self.stub.Chat(req, metadata=self.auth if metadata is None else metadata, timeout=60):
             text += c.text
             last = c
         return text, last
