@@ -49,12 +49,16 @@ const char* FinishName(v1::FinishReason reason) {
 
 // One reply: streams it to stdout, usage to stderr. False (message printed) on failure.
 bool Turn(ultramem::services::ChatSession& session, const std::string& text) {
-  auto turn = session.Send(text, [](const std::string& delta) {
+  bool printed = false;
+  auto turn = session.Send(text, [&printed](const std::string& delta) {
     std::fwrite(delta.data(), 1, delta.size(), stdout);
     std::fflush(stdout);
+    printed = true;
   });
   if (!turn.ok()) {
-    std::fprintf(stderr, "\nerror: %s: %s\n",
+    if (printed) std::printf("\n");
+    std::fflush(stdout);
+    std::fprintf(stderr, "error: %s: %s\n",
                  ultramem::services::StatusCodeName(turn.status().code()),
                  std::string(turn.status().message()).c_str());
     return false;

@@ -79,6 +79,10 @@ int FakeBackend::cancellations() const {
   absl::MutexLock lock(&mu_);
   return cancellations_;
 }
+v1::ChatRequest FakeBackend::last_request() const {
+  absl::MutexLock lock(&mu_);
+  return last_request_;
+}
 std::optional<absl::Time> FakeBackend::last_deadline() const {
   absl::MutexLock lock(&mu_);
   return last_deadline_;
@@ -118,6 +122,7 @@ grpc::Status FakeBackend::Chat(grpc::ServerContext* context, const v1::ChatReque
   {
     absl::MutexLock lock(&mu_);
     ++chat_calls_;
+    last_request_ = *request;
     const auto deadline = context->deadline();
     last_deadline_.reset();
     if (deadline != std::chrono::system_clock::time_point::max()) {

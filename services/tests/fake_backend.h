@@ -45,6 +45,8 @@ class FakeBackend final : public ultramem::v1::ChatService::Service {
   int chat_calls() const;
   int load_calls() const;
   int cancellations() const;
+  // The last ChatRequest received.
+  ultramem::v1::ChatRequest last_request() const;
   // The deadline the last Chat carried (nullopt: none).
   std::optional<absl::Time> last_deadline() const;
 
@@ -80,6 +82,7 @@ class FakeBackend final : public ultramem::v1::ChatService::Service {
   int load_calls_ ABSL_GUARDED_BY(mu_) = 0;
   int cancellations_ ABSL_GUARDED_BY(mu_) = 0;
   std::optional<absl::Time> last_deadline_ ABSL_GUARDED_BY(mu_);
+  ultramem::v1::ChatRequest last_request_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ultramem::services::testing

@@ -79,7 +79,9 @@ class GatewayTest : public ::testing::Test {
     auto gateway = Gateway::Start(options);
     ASSERT_TRUE(gateway.ok()) << gateway.status();
     gateway_ = std::move(*gateway);
-    if (healthy > 0) ASSERT_TRUE(gateway_->WaitForHealthyBackends(healthy, kWait));
+    if (healthy > 0) {
+      ASSERT_TRUE(gateway_->WaitForHealthyBackends(healthy, kWait));
+    }
     channel_ = grpc::CreateChannel(gateway_->address(),
                                    credentials ? credentials : grpc::InsecureChannelCredentials());
     stub_ = v1::ChatService::NewStub(channel_);
