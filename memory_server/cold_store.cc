@@ -23,9 +23,10 @@ void FillRocksOptions(const ColdStoreOptions& options, rocksdb::Options* out) {
   table.checksum = rocksdb::kXXH3;
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(options.bloom_bits_per_key, false));
   table.whole_key_filtering = true;
-  table.cache_index_and_filter_blocks = options.pin_index_and_filter_blocks;
-  table.pin_l0_filter_and_index_blocks_in_cache = options.pin_index_and_filter_blocks;
-  table.pin_top_level_index_and_filter = options.pin_index_and_filter_blocks;
+  // Pinned: each table reader loads its index and filter once at open and keeps them on the heap
+  // (the store is read-only and every file stays open). Else they compete in the block cache, and
+  // a point read that misses them re-reads and re-checksums a whole index block.
+  table.cache_index_and_filter_blocks = !options.pin_index_and_filter_blocks;
   table.optimize_filters_for_memory = true;
   // Point reads only: a hash index inside each data block saves the binary search.
   table.data_block_index_type = rocksdb::BlockBasedTableOptions::kDataBlockBinaryAndHash;
@@ -105,6 +106,9 @@ absl::Status ColdStore::ReadRows(const std::vector<RowRead>& rows,
   std::vector<rocksdb::Status> statuses(unique.size());
   rocksdb::ReadOptions read;
   read.verify_checksums = options_.verify_checksums;
+  // With mmap, a data block is read in place; copying it into the block cache as well would hold
+  // rows twice (they are admitted to the hot tier) and churn the cache.
+  read.fill_cache = !options_.use_mmap_reads;
   db_->MultiGet(read, db_->DefaultColumnFamily(), keys.size(), keys.data(), values.data(),
                 statuses.data(), /*sorted_input=*/true);
   for (size_t k = 0; k < unique.size(); ++k) {

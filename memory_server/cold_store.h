@@ -30,8 +30,9 @@ struct ColdStoreOptions {
   // block holds about one value and a point read reads little more than it needs; larger blocks
   // shrink the index but read more bytes per row.
   int block_size_bytes = 4096;
-  // Keep index and filter blocks of all files in the cache, pinned (no extra read on a point read
-  // after warm-up). Costs their size in RAM (~ 0.5% of the data with these defaults).
+  // Keep index and filter blocks of all files in memory for as long as the store is open (no
+  // extra read on a point read). Costs their size in RAM (~1% of the data with these defaults);
+  // false lets them compete with data blocks in the block cache.
   bool pin_index_and_filter_blocks = true;
   // Verify RocksDB's own block checksums (XXH3) on every read. Catches disk corruption for a
   // fraction of a microsecond per 4 KiB block.
