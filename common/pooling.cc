@@ -3,44 +3,37 @@
 
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 #include "common/dtype.h"
 
 namespace ultramem {
 namespace {
 
-// Sums run in double and round once at the end, so that a pooled value is (nearly) the correctly
-// rounded sum whatever the order: partial sums from row shards then add up to what one process
-// computes over all rows, to within an ulp or two.
 template <typename Row, typename Load>
 void Pool(const PoolShape& s, const Row* const* rows, const int32_t* groups, const float* scores,
           float* out, Load load) {
   const int width = s.col_end - s.col_begin;
   const int chunk = s.value_dim / s.cores;
-  thread_local std::vector<double> acc;
-  acc.resize(static_cast<size_t>(s.expand) * width);
+  std::memset(out, 0, sizeof(float) * static_cast<size_t>(s.num_tokens) * s.expand * width);
   for (int t = 0; t < s.num_tokens; ++t) {
-    std::fill(acc.begin(), acc.end(), 0.0);
+    float* y_token = out + static_cast<size_t>(t) * s.expand * width;
     for (int k = 0; k < s.selections; ++k) {
       const size_t sel = static_cast<size_t>(t) * s.selections + k;
       const Row* row = rows[sel];
       if (row == nullptr) continue;
-      double* y = acc.data() + static_cast<size_t>(groups[sel]) * width;
+      float* y = y_token + static_cast<size_t>(groups[sel]) * width;
       const float* w = scores + sel * s.cores;
       // Walk the column range chunk by chunk so the weight is constant in the inner loop.
       for (int col = s.col_begin; col < s.col_end;) {
         const int c = col / chunk;
         const int stop = std::min(s.col_end, (c + 1) * chunk);
-        const double wc = w[c];
+        const float wc = w[c];
         const int base = col - s.col_begin;
         const int len = stop - col;
-        for (int i = 0; i < len; ++i) y[base + i] += wc * static_cast<double>(load(row[base + i]));
+        for (int i = 0; i < len; ++i) y[base + i] += wc * load(row[base + i]);
         col = stop;
       }
     }
-    float* y_token = out + static_cast<size_t>(t) * s.expand * width;
-    for (size_t i = 0; i < acc.size(); ++i) y_token[i] = static_cast<float>(acc[i]);
   }
 }
 
