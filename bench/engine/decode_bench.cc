@@ -24,6 +24,7 @@ ABSL_FLAG(int, batch, 1, "sequences decoded together");
 ABSL_FLAG(int, prompt, 32, "prompt tokens per sequence before timing");
 ABSL_FLAG(int, steps, 32, "timed decode steps");
 ABSL_FLAG(int, threads, 0, "CPU threads (0: one per core)");
+ABSL_FLAG(std::string, backend, "cpu", "engine backend: cpu, or cuda when built with CUDA");
 ABSL_FLAG(std::string, shard_map, "", "serve memory layers from the memory servers of this shard map");
 
 namespace ultramem {
@@ -57,6 +58,7 @@ absl::Status Run() {
   options.model_dir = absl::GetFlag(FLAGS_model);
   options.engine.num_threads = absl::GetFlag(FLAGS_threads);
   options.shard_map_path = absl::GetFlag(FLAGS_shard_map);
+  options.engine.backend = absl::GetFlag(FLAGS_backend);
   const int threads = options.engine.num_threads > 0
                           ? options.engine.num_threads
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
