@@ -37,6 +37,9 @@ struct MemoryServerOptions {
   int64_t current_poll_ms = 1000;
   // Largest request or reply accepted.
   int max_message_bytes = 64 << 20;
+  // TLS (PEM contents). With a certificate and key the server speaks TLS only; with a client CA
+  // as well it requires and verifies client certificates (mutual TLS from compute nodes).
+  std::string tls_cert_pem, tls_key_pem, tls_client_ca_pem;
 };
 
 class MemoryServer {

@@ -4,6 +4,8 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -28,6 +30,9 @@ ABSL_FLAG(uint32_t, max_batch_selections, 1u << 18, "selections per Lookup");
 ABSL_FLAG(int32_t, max_in_flight, 4096, "Lookups served at once; more get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int32_t, cold_threads, 8, "threads serving Lookups that read RocksDB");
 ABSL_FLAG(int64_t, drain_timeout_ms, 30000, "how long SIGTERM waits for in-flight calls");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate (enables TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA: clients must present a certificate it signed (mutual TLS)");
 ABSL_FLAG(int64_t, current_poll_ms, 1000, "how often CURRENT is checked (0: only on SIGHUP)");
 
 int main(int argc, char** argv) {
@@ -57,6 +62,19 @@ int main(int argc, char** argv) {
   options.drain_timeout_ms = absl::GetFlag(FLAGS_drain_timeout_ms);
   options.current_poll_ms = absl::GetFlag(FLAGS_current_poll_ms);
 
+  for (auto [flag, out] : {std::pair{absl::GetFlag(FLAGS_tls_cert), &options.tls_cert_pem},
+                           std::pair{absl::GetFlag(FLAGS_tls_key), &options.tls_key_pem},
+                           std::pair{absl::GetFlag(FLAGS_tls_client_ca), &options.tls_client_ca_pem}}) {
+    if (flag.empty()) continue;
+    std::ifstream in(flag);
+    if (!in) {
+      UM_LOG_ERROR("cannot read ", flag);
+      return 2;
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    *out = ss.str();
+  }
   auto server = ultramem::memory::MemoryServer::Start(options);
   if (!server.ok()) {
     UM_LOG_ERROR("cannot start: ", server.status().ToString());

@@ -178,6 +178,33 @@ class DistributedTest(unittest.TestCase):
         self.assertIn(addr, r.stderr)
         self.assertIn("another-model", r.stderr)
 
+    def test_7_mutual_tls_to_memory_servers(self):
+        d = self.c.path("tls")
+        os.makedirs(d)
+
+        def sh(cmd):
+            subprocess.run(["bash", "-c", cmd], cwd=d, check=True, capture_output=True)
+        sh("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=um-test-ca -keyout ca.key -out ca.pem")
+        for name, san in (("server", "IP:127.0.0.1,DNS:localhost"), ("client", "DNS:compute")):
+            sh("openssl req -newkey rsa:2048 -nodes -subj /CN=%s -keyout %s.key -out %s.csr" % (name, name, name))
+            sh("openssl x509 -req -in %s.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out %s.pem "
+               "-extfile <(printf 'subjectAltName=%s')" % (name, name, san))
+        tls = ["--tls-cert", d + "/server.pem", "--tls-key", d + "/server.key", "--tls-client-ca", d + "/ca.pem"]
+        addrs = [[self.c.start_memory_server(pair[1], extra=tls)[1]] for pair in self.stores]
+        path = self.c.path("tls.pbtxt")
+        with open(path, "w") as f:
+            f.write(shard_map_text(addrs))
+        _, ref = self.score()
+        _, dist = self.score("--shard-map", path, "--memory-tls-ca", d + "/ca.pem", "--memory-tls-cert",
+                             d + "/client.pem", "--memory-tls-key", d + "/client.key")
+        self.assert_logits_close(dist, ref)
+        # Without a client certificate, and in plaintext, the servers refuse the connection.
+        r, _ = self.score("--shard-map", path, "--memory-tls-ca", d + "/ca.pem", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("UNAVAILABLE", r.stderr)
+        r, _ = self.score("--shard-map", path, check=False)
+        self.assertNotEqual(r.returncode, 0)
+
     def test_6_bad_shard_maps_are_refused(self):
         addrs = [[a for _, a in pair] for pair in self.servers]
         text = shard_map_text(addrs).replace("row_begin: 0 row_end: %d" % (N // 2),

@@ -10,6 +10,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/file_util.h"
 #include "common/flags_util.h"
 #include "common/status.h"
 #include "compute_node/model_runtime.h"
@@ -23,6 +24,9 @@ ABSL_FLAG(float, top_p, 1.0f, "nucleus mass in (0, 1]");
 ABSL_FLAG(int, top_k, 0, "0: no limit");
 ABSL_FLAG(uint64_t, seed, 0, "random seed; the same seed repeats a run");
 ABSL_FLAG(std::string, shard_map, "", "shard map (protobuf text): memory layers served by memory servers");
+ABSL_FLAG(std::string, memory_tls_ca, "", "PEM CA of the memory servers (enables TLS to them)");
+ABSL_FLAG(std::string, memory_tls_cert, "", "PEM client certificate for mutual TLS to memory servers");
+ABSL_FLAG(std::string, memory_tls_key, "", "PEM key of --memory-tls-cert");
 ABSL_FLAG(int, threads, 0, "CPU threads (0: one per core)");
 ABSL_FLAG(bool, bos, true, "start the prompt with the tokenizer's <|bos|> when it has one");
 ABSL_FLAG(bool, ignore_eos, false, "keep generating past <|eos|> (benchmarks, tests)");
@@ -36,6 +40,9 @@ absl::Status Run() {
   options.model_dir = absl::GetFlag(FLAGS_model);
   options.engine.num_threads = absl::GetFlag(FLAGS_threads);
   options.shard_map_path = absl::GetFlag(FLAGS_shard_map);
+  UM_ASSIGN_OR_RETURN(options.remote.root_certs_pem, ReadFileOrEmpty(absl::GetFlag(FLAGS_memory_tls_ca)));
+  UM_ASSIGN_OR_RETURN(options.remote.client_cert_pem, ReadFileOrEmpty(absl::GetFlag(FLAGS_memory_tls_cert)));
+  UM_ASSIGN_OR_RETURN(options.remote.client_key_pem, ReadFileOrEmpty(absl::GetFlag(FLAGS_memory_tls_key)));
   if (options.model_dir.empty()) return absl::InvalidArgumentError("--model is required");
   SamplingParams params;
   params.temperature = absl::GetFlag(FLAGS_temperature);

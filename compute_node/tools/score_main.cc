@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "common/npy.h"
+#include "common/file_util.h"
 #include "common/flags_util.h"
 #include "common/status.h"
 #include "compute_node/model_runtime.h"
@@ -29,6 +30,9 @@ ABSL_FLAG(std::string, logits_out, "", "write float32 logits [T, V] to this .npy
 ABSL_FLAG(std::string, rows_out, "", "write int64 selected t values [J, T, H*m] to this .npy file");
 ABSL_FLAG(bool, decode, false, "feed tokens one at a time through the KV cache");
 ABSL_FLAG(std::string, shard_map, "", "shard map (protobuf text): memory layers served by memory servers");
+ABSL_FLAG(std::string, memory_tls_ca, "", "PEM CA of the memory servers (enables TLS to them)");
+ABSL_FLAG(std::string, memory_tls_cert, "", "PEM client certificate for mutual TLS to memory servers");
+ABSL_FLAG(std::string, memory_tls_key, "", "PEM key of --memory-tls-cert");
 ABSL_FLAG(int, threads, 0, "CPU threads (0: one per core)");
 ABSL_FLAG(int, window, 0, "tokens per evaluation window for --text (0: max_position_embeddings)");
 
@@ -66,6 +70,9 @@ absl::Status Run() {
   options.model_dir = absl::GetFlag(FLAGS_model);
   options.engine.num_threads = absl::GetFlag(FLAGS_threads);
   options.shard_map_path = absl::GetFlag(FLAGS_shard_map);
+  UM_ASSIGN_OR_RETURN(options.remote.root_certs_pem, ReadFileOrEmpty(absl::GetFlag(FLAGS_memory_tls_ca)));
+  UM_ASSIGN_OR_RETURN(options.remote.client_cert_pem, ReadFileOrEmpty(absl::GetFlag(FLAGS_memory_tls_cert)));
+  UM_ASSIGN_OR_RETURN(options.remote.client_key_pem, ReadFileOrEmpty(absl::GetFlag(FLAGS_memory_tls_key)));
   if (options.model_dir.empty()) return absl::InvalidArgumentError("--model is required");
   const bool from_text = !absl::GetFlag(FLAGS_text).empty();
   if (from_text == !absl::GetFlag(FLAGS_tokens).empty()) {

@@ -1,0 +1,23 @@
+// Reading small files (certificates, configs) whole.
+#pragma once
+
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+
+namespace ultramem {
+
+// The file's bytes; "" for an empty path; NotFound naming the path when it cannot be read.
+inline absl::StatusOr<std::string> ReadFileOrEmpty(const std::string& path) {
+  if (path.empty()) return std::string();
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace ultramem
