@@ -16,7 +16,7 @@ import unittest
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from cluster import Cluster  # noqa: E402
+from cluster import Cluster, free_port  # noqa: E402
 
 BUILD = "build"
 CONFIG = {
@@ -204,6 +204,54 @@ class DistributedTest(unittest.TestCase):
         self.assertIn("UNAVAILABLE", r.stderr)
         r, _ = self.score("--shard-map", path, check=False)
         self.assertNotEqual(r.returncode, 0)
+
+    def test_8_compute_node_survives_a_dead_block(self):
+        """A compute node serving chats: a dead block fails its requests with UNAVAILABLE naming
+        the block and turns health NOT_SERVING; the node recovers when the block returns."""
+        import grpc
+        import pystubs
+        chat, chat_grpc, health, health_grpc = pystubs.load()
+        port = free_port()
+        log = open(self.c.path("compute.log"), "w")
+        node = subprocess.Popen([os.path.join(self.c.bin, "ultramem-compute-node"), "--model", self.model,
+                                 "--shard-map", self.map_path, "--listen", "127.0.0.1:%d" % port,
+                                 "--metrics-listen", "", "--health-interval-ms", "100"],
+                                stdout=subprocess.PIPE, stderr=log, text=True)
+        self.c.procs.append(node)
+        while not node.stdout.readline().startswith("SERVING"):
+            self.assertIsNone(node.poll(), "compute node exited")
+        ch = grpc.insecure_channel("127.0.0.1:%d" % port)
+        stub, hstub = chat_grpc.ChatServiceStub(ch), health_grpc.HealthStub(ch)
+        req = chat.ChatRequest(messages=[chat.ChatMessage(role=chat.ROLE_USER, content="The memory ")],
+                               sampling=chat.SamplingParams(max_tokens=16))
+
+        def status():
+            return hstub.Check(health.HealthCheckRequest(), timeout=5).status
+
+        def wait_status(want):
+            # grpc.health.v1 Watch streams every change: the event itself, with a deadline.
+            for r in hstub.Watch(health.HealthCheckRequest(), timeout=20):
+                if r.status == want:
+                    return
+        self.assertEqual(status(), health.HealthCheckResponse.SERVING)
+        self.assertEqual(len(list(stub.Chat(req, timeout=30))), 17)  # 16 tokens + the final chunk
+        ports = [int(addr.split(":")[1]) for _, addr in self.servers[1]]
+        for p, _ in self.servers[1]:
+            self.c.kill(p)
+        t0 = time.time()
+        with self.assertRaises(grpc.RpcError) as cm:
+            list(stub.Chat(req, timeout=30))
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE)
+        self.assertIn("rows-hi-cols-lo", cm.exception.details())
+        self.assertLess(time.time() - t0, 5.0)
+        wait_status(health.HealthCheckResponse.NOT_SERVING)
+        self.servers[1] = [self.c.start_memory_server(st, port=pt) for st, pt in zip(self.stores[1], ports)]
+        wait_status(health.HealthCheckResponse.SERVING)
+        self.assertEqual(len(list(stub.Chat(req, timeout=30))), 17)
+        ch.close()
+        node.terminate()
+        self.assertEqual(node.wait(30), 0)
+        log.close()
 
     def test_6_bad_shard_maps_are_refused(self):
         addrs = [[a for _, a in pair] for pair in self.servers]

@@ -27,6 +27,7 @@ ABSL_FLAG(int, max_running, 32, "requests decoded together");
 ABSL_FLAG(int, max_waiting, 256, "queued requests; more get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_prefill_tokens, 256, "prompt tokens prefilled per engine step");
 ABSL_FLAG(int, default_max_tokens, 256, "max_tokens when a request leaves it 0");
+ABSL_FLAG(int, health_interval_ms, 1000, "how often memory shards are probed for the health status");
 ABSL_FLAG(int, threads, 0, "CPU threads (0: one per core)");
 ABSL_FLAG(std::string, backend, "cpu", "engine backend: cpu, or cuda when built with CUDA");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate for clients (enables TLS)");
@@ -75,6 +76,7 @@ int main(int argc, char** argv) {
   o.scheduler.max_waiting = absl::GetFlag(FLAGS_max_waiting);
   o.scheduler.max_prefill_tokens = absl::GetFlag(FLAGS_max_prefill_tokens);
   o.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
+  o.health_interval_ms = absl::GetFlag(FLAGS_health_interval_ms);
   o.tls_cert_pem = ReadFileOrDie(absl::GetFlag(FLAGS_tls_cert));
   o.tls_key_pem = ReadFileOrDie(absl::GetFlag(FLAGS_tls_key));
   o.tls_client_ca_pem = ReadFileOrDie(absl::GetFlag(FLAGS_tls_client_ca));
