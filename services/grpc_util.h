@@ -3,6 +3,8 @@
 // client that needs no generated health stubs (the message is one string field and one enum).
 #pragma once
 
+#include "proto/grpc_setup.h"
+
 #include <grpcpp/grpcpp.h>
 
 #include <functional>
@@ -15,19 +17,10 @@
 
 namespace ultramem::services {
 
+// TLS credentials: MakeServerCredentials / MakeChannelCredentials in proto/grpc_setup.h.
+
 // The whole file; NotFound/PermissionDenied-style errors name the path.
 absl::StatusOr<std::string> ReadTextFile(const std::string& path);
-
-// TLS server credentials from a PEM chain and key; plaintext when both are empty. With
-// `client_ca_pem`, clients must present a certificate it signs (mutual TLS).
-std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const std::string& cert_pem,
-                                                               const std::string& key_pem,
-                                                               const std::string& client_ca_pem = "");
-// TLS channel credentials trusting `ca_pem` (optionally presenting a client certificate);
-// plaintext when `ca_pem` is empty.
-std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const std::string& ca_pem,
-                                                                 const std::string& cert_pem = "",
-                                                                 const std::string& key_pem = "");
 
 inline grpc::Status ToGrpc(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;

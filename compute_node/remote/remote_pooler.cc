@@ -22,6 +22,7 @@
 #include "common/dtype.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "grpc_setup.h"
 #include "prometheus/counter.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
@@ -533,14 +534,8 @@ absl::StatusOr<std::unique_ptr<RemotePooler>> RemotePooler::Create(
   if (map.hedge_percentile() > 0) impl->hedge_percentile = map.hedge_percentile();
   if (map.hedge_min_delay_us() > 0) impl->hedge_min_delay_us = static_cast<int>(map.hedge_min_delay_us());
 
-  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
-  if (!options.root_certs_pem.empty()) {
-    grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = options.root_certs_pem;
-    ssl.pem_cert_chain = options.client_cert_pem;
-    ssl.pem_private_key = options.client_key_pem;
-    creds = grpc::SslCredentials(ssl);
-  }
+  const auto creds = MakeChannelCredentials(options.root_certs_pem, options.client_cert_pem,
+                                             options.client_key_pem);
   grpc::ChannelArguments args;
   // A restarted server is found again within a second, not after gRPC's default 2-minute backoff.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);

@@ -86,15 +86,8 @@ absl::Status ComputeServer::Impl::Start() {
   so.max_waiting = options_.scheduler.max_waiting;
   service_ = std::make_unique<ChatServiceImpl>(runtime_.get(), scheduler_.get(), metrics_.get(), so);
 
-  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
-  if (!options_.tls_cert_pem.empty()) {
-    grpc::SslServerCredentialsOptions ssl(
-        options_.tls_client_ca_pem.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-                                           : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-    ssl.pem_root_certs = options_.tls_client_ca_pem;
-    ssl.pem_key_cert_pairs.push_back({options_.tls_key_pem, options_.tls_cert_pem});
-    creds = grpc::SslServerCredentials(ssl);
-  }
+  const auto creds = MakeServerCredentials(options_.tls_cert_pem, options_.tls_key_pem,
+                                           options_.tls_client_ca_pem);
   grpc::ServerBuilder builder;
   std::vector<int> ports(options_.listen_addresses.size(), 0);
   for (size_t i = 0; i < ports.size(); ++i) {
