@@ -6,8 +6,8 @@
 #   scripts/serve.sh [--model DIR] [--no-build]
 #
 # Environment: UM_BUILD_DIR (build), UM_STATE_DIR (var/serve: stores, logs, shard map),
-# UM_GATEWAY_PORT (7000), UM_COMPUTE_PORT (7100), UM_MEMORY_PORT (7070: shard i on +i),
-# UM_METRICS_BASE (0: gateway 9000, compute 9100, memory 9470+i; or N: N, N+1, N+2+i),
+# UM_GATEWAY_PORT (7000), UM_COMPUTE_PORT (7100), UM_MEMORY_PORTS (7070,7071),
+# UM_METRICS_PORTS (gateway,compute,memory-0,memory-1: 9000,9100,9470,9471),
 # ULTRAMEM_AUTH_TOKEN (when set, the gateway requires "authorization: Bearer <token>").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,12 +26,9 @@ BUILD=${UM_BUILD_DIR:-build}
 STATE=${UM_STATE_DIR:-var/serve}
 GATEWAY_PORT=${UM_GATEWAY_PORT:-7000}
 COMPUTE_PORT=${UM_COMPUTE_PORT:-7100}
-MEMORY_PORT=${UM_MEMORY_PORT:-7070}
-if [ "${UM_METRICS_BASE:-0}" -gt 0 ]; then
-  GATEWAY_METRICS=$UM_METRICS_BASE; COMPUTE_METRICS=$((UM_METRICS_BASE + 1)); MEMORY_METRICS=$((UM_METRICS_BASE + 2))
-else
-  GATEWAY_METRICS=9000; COMPUTE_METRICS=9100; MEMORY_METRICS=9470
-fi
+IFS=, read -r -a MEMORY_PORTS <<<"${UM_MEMORY_PORTS:-7070,7071}"
+IFS=, read -r GATEWAY_METRICS COMPUTE_METRICS MEMORY_METRICS_0 MEMORY_METRICS_1 <<<"${UM_METRICS_PORTS:-9000,9100,9470,9471}"
+MEMORY_METRICS=("$MEMORY_METRICS_0" "$MEMORY_METRICS_1")
 
 if ((BUILD_STEP)); then
   scripts/install-deps.sh
@@ -87,15 +84,15 @@ for i in 0 1; do
     --model-id "$MODEL_ID" --rows "${ranges[$i]}" --progress off >"$STATE/logs/import-$i.log" 2>&1 ||
     { tail -20 "$STATE/logs/import-$i.log" >&2; exit 1; }
   log=$STATE/logs/memory-$i.log
-  "$BIN/ultramem-memory-server" --store-dir "$store" --listen "127.0.0.1:$((MEMORY_PORT + i))" \
-    --metrics-listen "127.0.0.1:$((MEMORY_METRICS + i))" >"$log" 2>&1 &
+  "$BIN/ultramem-memory-server" --store-dir "$store" --listen "127.0.0.1:${MEMORY_PORTS[$i]}" \
+    --metrics-listen "127.0.0.1:${MEMORY_METRICS[$i]}" >"$log" 2>&1 &
   pids+=($!)
   wait_serving $! "$log" "memory server $i"
   cat >>"$shard_map" <<MAP
 shards {
   name: "memory-$i"
   block { row_begin: ${ranges[$i]%:*} row_end: ${ranges[$i]#*:} }
-  replicas: "127.0.0.1:$((MEMORY_PORT + i))"
+  replicas: "127.0.0.1:${MEMORY_PORTS[$i]}"
 }
 MAP
 done
@@ -119,8 +116,8 @@ auth=""
 cat <<EOF
 
 UltraMem Serve is up: chat endpoint 127.0.0.1:$GATEWAY_PORT (gRPC, ultramem.v1.ChatService)
-  model $MODEL (id $MODEL_ID), memory servers 127.0.0.1:$MEMORY_PORT,$((MEMORY_PORT + 1)), compute node 127.0.0.1:$COMPUTE_PORT
-  metrics: gateway :$GATEWAY_METRICS, compute node :$COMPUTE_METRICS, memory :$MEMORY_METRICS,$((MEMORY_METRICS + 1))   logs: $STATE/logs/
+  model $MODEL (id $MODEL_ID), memory servers 127.0.0.1:${MEMORY_PORTS[0]},${MEMORY_PORTS[1]}, compute node 127.0.0.1:$COMPUTE_PORT
+  metrics: gateway :$GATEWAY_METRICS, compute node :$COMPUTE_METRICS, memory :${MEMORY_METRICS[0]},${MEMORY_METRICS[1]}   logs: $STATE/logs/
 
 Try:
   $BUILD/bin/ultramem-chat --endpoint 127.0.0.1:$GATEWAY_PORT "And God said"

@@ -50,16 +50,16 @@ class EndToEndTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="um_e2e_")
-        cls.ports = {"gateway": free_port(), "compute": free_port(), "memory": free_port()}
-        # Two consecutive memory ports and four consecutive metrics ports.
-        while True:
-            base = free_port()
-            if base < 60000:
-                break
-        cls.metrics_base = base
+        ports = set()
+        while len(ports) < 8:  # distinct free ports for every listener serve.sh starts
+            ports.add(free_port())
+        p = sorted(ports)
+        cls.ports = {"gateway": p[0], "compute": p[1]}
+        memory = "%d,%d" % (p[2], p[3])
+        cls.metrics = {"gateway": p[4], "compute": p[5], "memory-0": p[6], "memory-1": p[7]}
         env = dict(os.environ, UM_BUILD_DIR=os.path.relpath(BUILD, ROOT), UM_STATE_DIR=cls.tmp + "/state",
                    UM_GATEWAY_PORT=str(cls.ports["gateway"]), UM_COMPUTE_PORT=str(cls.ports["compute"]),
-                   UM_MEMORY_PORT=str(cls.ports["memory"]), UM_METRICS_BASE=str(base),
+                   UM_MEMORY_PORTS=memory, UM_METRICS_PORTS=",".join(str(x) for x in p[4:]),
                    ULTRAMEM_AUTH_TOKEN=TOKEN)
         cls.serve = subprocess.Popen([os.path.join(ROOT, "scripts", "serve.sh"), "--no-build"], cwd=ROOT,
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -78,7 +78,6 @@ class EndToEndTest(unittest.TestCase):
         cls.channel = grpc.insecure_channel(cls.endpoint)
         cls.stub = chat_grpc.ChatServiceStub(cls.channel)
         cls.auth = [("authorization", "Bearer " + TOKEN)]
-        cls.metrics = {"gateway": base, "compute": base + 1, "memory-0": base + 2, "memory-1": base + 3}
 
     @classmethod
     def tearDownClass(cls):
