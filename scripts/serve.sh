@@ -9,6 +9,8 @@
 # UM_GATEWAY_PORT (7000), UM_COMPUTE_PORT (7100), UM_MEMORY_PORTS (7070,7071),
 # UM_METRICS_PORTS (gateway,compute,memory-0,memory-1: 9000,9100,9470,9471),
 # ULTRAMEM_AUTH_TOKEN (when set, the gateway requires "authorization: Bearer <token>").
+# A port of 0 lets the process pick one; the line "ENDPOINTS ..." printed before "READY" gives
+# every address and metrics port actually bound (tests start the cluster that way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -62,6 +64,10 @@ wait_serving() {
   exit 1
 }
 
+# The first gRPC address and the metrics port a process printed in its LISTENING line.
+bound_address() { sed -n 's/^LISTENING grpc=\([^, ]*\).*/\1/p' "$1" | head -1; }
+bound_metrics() { sed -n 's/^LISTENING .*metrics=\([0-9]*\).*/\1/p' "$1" | head -1; }
+
 read -r N MODEL_ID < <(/usr/bin/python3 - "$MODEL" <<'PY'
 import hashlib, json, os, sys
 d = sys.argv[1]
@@ -88,11 +94,13 @@ for i in 0 1; do
     --metrics-listen "127.0.0.1:${MEMORY_METRICS[$i]}" >"$log" 2>&1 &
   pids+=($!)
   wait_serving $! "$log" "memory server $i"
+  MEMORY_ADDR[$i]=$(bound_address "$log")
+  MEMORY_METRICS[$i]=$(bound_metrics "$log")
   cat >>"$shard_map" <<MAP
 shards {
   name: "memory-$i"
   block { row_begin: ${ranges[$i]%:*} row_end: ${ranges[$i]#*:} }
-  replicas: "127.0.0.1:${MEMORY_PORTS[$i]}"
+  replicas: "${MEMORY_ADDR[$i]}"
 }
 MAP
 done
@@ -103,27 +111,32 @@ log=$STATE/logs/compute.log
   --listen "127.0.0.1:$COMPUTE_PORT" --metrics-listen "127.0.0.1:$COMPUTE_METRICS" >"$log" 2>&1 &
 pids+=($!)
 wait_serving $! "$log" "compute node"
+COMPUTE_ADDR=$(bound_address "$log")
+COMPUTE_METRICS=$(bound_metrics "$log")
 
 echo "== gateway"
 log=$STATE/logs/gateway.log
-"$BIN/ultramem-gateway" --backends "127.0.0.1:$COMPUTE_PORT" --listen "127.0.0.1:$GATEWAY_PORT" \
+"$BIN/ultramem-gateway" --backends "$COMPUTE_ADDR" --listen "127.0.0.1:$GATEWAY_PORT" \
   --metrics-listen "127.0.0.1:$GATEWAY_METRICS" >"$log" 2>&1 &
 pids+=($!)
 wait_serving $! "$log" "gateway"
+GATEWAY_ADDR=$(bound_address "$log")
+GATEWAY_METRICS=$(bound_metrics "$log")
 
 auth=""
 [ -n "${ULTRAMEM_AUTH_TOKEN:-}" ] && auth=" -H 'authorization: Bearer \$ULTRAMEM_AUTH_TOKEN'"
 cat <<EOF
 
-UltraMem Serve is up: chat endpoint 127.0.0.1:$GATEWAY_PORT (gRPC, ultramem.v1.ChatService)
-  model $MODEL (id $MODEL_ID), memory servers 127.0.0.1:${MEMORY_PORTS[0]},${MEMORY_PORTS[1]}, compute node 127.0.0.1:$COMPUTE_PORT
+UltraMem Serve is up: chat endpoint $GATEWAY_ADDR (gRPC, ultramem.v1.ChatService)
+  model $MODEL (id $MODEL_ID), memory servers ${MEMORY_ADDR[0]} ${MEMORY_ADDR[1]}, compute node $COMPUTE_ADDR
   metrics: gateway :$GATEWAY_METRICS, compute node :$COMPUTE_METRICS, memory :${MEMORY_METRICS[0]},${MEMORY_METRICS[1]}   logs: $STATE/logs/
 
 Try:
-  $BUILD/bin/ultramem-chat --endpoint 127.0.0.1:$GATEWAY_PORT "And God said"
-  grpcurl -plaintext$auth -d '{"messages":[{"role":"ROLE_USER","content":"And God said"}]}' 127.0.0.1:$GATEWAY_PORT ultramem.v1.ChatService/Chat
+  $BUILD/bin/ultramem-chat --endpoint $GATEWAY_ADDR "And God said"
+  grpcurl -plaintext$auth -d '{"messages":[{"role":"ROLE_USER","content":"And God said"}]}' $GATEWAY_ADDR ultramem.v1.ChatService/Chat
 
 Ctrl-C stops everything.
+ENDPOINTS gateway=$GATEWAY_ADDR compute=$COMPUTE_ADDR memory=${MEMORY_ADDR[0]},${MEMORY_ADDR[1]} metrics=$GATEWAY_METRICS,$COMPUTE_METRICS,${MEMORY_METRICS[0]},${MEMORY_METRICS[1]}
 READY
 EOF
 wait -n "${pids[@]}" || true

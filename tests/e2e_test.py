@@ -50,16 +50,10 @@ class EndToEndTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="um_e2e_")
-        ports = set()
-        while len(ports) < 8:  # distinct free ports for every listener serve.sh starts
-            ports.add(free_port())
-        p = sorted(ports)
-        cls.ports = {"gateway": p[0], "compute": p[1]}
-        memory = "%d,%d" % (p[2], p[3])
-        cls.metrics = {"gateway": p[4], "compute": p[5], "memory-0": p[6], "memory-1": p[7]}
+        # Every port 0: the processes pick free ones and serve.sh reports them (ENDPOINTS line), so
+        # nothing can take a port between a test's pick and a server's bind.
         env = dict(os.environ, UM_BUILD_DIR=os.path.relpath(BUILD, ROOT), UM_STATE_DIR=cls.tmp + "/state",
-                   UM_GATEWAY_PORT=str(cls.ports["gateway"]), UM_COMPUTE_PORT=str(cls.ports["compute"]),
-                   UM_MEMORY_PORTS=memory, UM_METRICS_PORTS=",".join(str(x) for x in p[4:]),
+                   UM_GATEWAY_PORT="0", UM_COMPUTE_PORT="0", UM_MEMORY_PORTS="0,0", UM_METRICS_PORTS="0,0,0,0",
                    ULTRAMEM_AUTH_TOKEN=TOKEN)
         cls.serve = subprocess.Popen([os.path.join(ROOT, "scripts", "serve.sh"), "--no-build"], cwd=ROOT,
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -71,10 +65,14 @@ class EndToEndTest(unittest.TestCase):
             if not line:
                 raise AssertionError("serve.sh exited:\n" + "".join(cls.serve_out))
             cls.serve_out.append(line)
+            if line.startswith("ENDPOINTS "):
+                fields = dict(kv.split("=", 1) for kv in line.split()[1:])
             if line.strip() == "READY":
                 break
         threading.Thread(target=lambda: [None for _ in cls.serve.stdout], daemon=True).start()
-        cls.endpoint = "127.0.0.1:%d" % cls.ports["gateway"]
+        metrics = [int(p) for p in fields["metrics"].split(",")]
+        cls.metrics = dict(zip(["gateway", "compute", "memory-0", "memory-1"], metrics))
+        cls.endpoint = fields["gateway"]
         cls.channel = grpc.insecure_channel(cls.endpoint)
         cls.stub = chat_grpc.ChatServiceStub(cls.channel)
         cls.auth = [("authorization", "Bearer " + TOKEN)]
