@@ -16,9 +16,9 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "compute_node/serving/chat_service.h"
+#include "compute_node/serving/metrics_http_server.h"
 #include "compute_node/serving/serving_metrics.h"
 #include "grpc_setup.h"
-#include "prometheus/exposer.h"
 #include "prometheus/registry.h"
 
 namespace ultramem {
@@ -33,7 +33,7 @@ class ComputeServer::Impl {
 
   ComputeServerOptions options_;
   std::shared_ptr<prometheus::Registry> registry_ = std::make_shared<prometheus::Registry>();
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<MetricsHttpServer> exposer_;
   std::unique_ptr<ServingMetrics> metrics_;
   std::unique_ptr<ModelRuntime> runtime_;
   std::unique_ptr<Scheduler> scheduler_;
@@ -53,14 +53,8 @@ absl::Status ComputeServer::Impl::Start() {
   EnableStandardGrpcServices();
   metrics_ = std::make_unique<ServingMetrics>(*registry_);
   if (!options_.metrics_address.empty()) {
-    try {
-      exposer_ = std::make_unique<prometheus::Exposer>(options_.metrics_address);
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", options_.metrics_address, ": ", e.what()));
-    }
-    exposer_->RegisterCollectable(registry_);
-    const auto ports = exposer_->GetListeningPorts();
-    metrics_port_ = ports.empty() ? 0 : ports[0];
+    UM_ASSIGN_OR_RETURN(exposer_, MetricsHttpServer::Start(options_.metrics_address, registry_));
+    metrics_port_ = exposer_->port();
   }
   options_.runtime.remote.registry = registry_.get();
   UM_ASSIGN_OR_RETURN(runtime_, OpenModelRuntime(options_.runtime));
