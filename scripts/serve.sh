@@ -8,6 +8,7 @@
 # Environment: UM_BUILD_DIR (build), UM_STATE_DIR (var/serve: stores, logs, shard map),
 # UM_GATEWAY_PORT (7000), UM_COMPUTE_PORT (7100), UM_MEMORY_PORTS (7070,7071),
 # UM_METRICS_PORTS (gateway,compute,memory-0,memory-1: 9000,9100,9470,9471),
+# UM_COMPUTE_ARGS (extra compute-node flags, e.g. "--backend cuda"),
 # ULTRAMEM_AUTH_TOKEN (when set, the gateway requires "authorization: Bearer <token>").
 # A port of 0 lets the process pick one; the line "ENDPOINTS ..." printed before "READY" gives
 # every address and metrics port actually bound (tests start the cluster that way).
@@ -68,7 +69,7 @@ wait_serving() {
 bound_address() { sed -n 's/^LISTENING grpc=\([^, ]*\).*/\1/p' "$1" | head -1; }
 bound_metrics() { sed -n 's/^LISTENING .*metrics=\([0-9]*\).*/\1/p' "$1" | head -1; }
 
-read -r N MODEL_ID < <(/usr/bin/python3 - "$MODEL" <<'PY'
+read -r N MODEL_ID < <("${PYTHON:-/usr/bin/python3}" - "$MODEL" <<'PY'
 import hashlib, json, os, sys
 d = sys.argv[1]
 raw = open(os.path.join(d, "config.json"), "rb").read()
@@ -107,7 +108,8 @@ done
 
 echo "== compute node"
 log=$STATE/logs/compute.log
-"$BIN/ultramem-compute-node" --model "$MODEL" --shard-map "$shard_map" \
+# shellcheck disable=SC2086
+"$BIN/ultramem-compute-node" --model "$MODEL" --shard-map "$shard_map" ${UM_COMPUTE_ARGS:-} \
   --listen "127.0.0.1:$COMPUTE_PORT" --metrics-listen "127.0.0.1:$COMPUTE_METRICS" >"$log" 2>&1 &
 pids+=($!)
 wait_serving $! "$log" "compute node"
