@@ -4,12 +4,11 @@
 #include <signal.h>
 
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <thread>
 
 #include "absl/flags/flag.h"
+#include "common/file_util.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_join.h"
@@ -65,15 +64,12 @@ int main(int argc, char** argv) {
   for (auto [flag, out] : {std::pair{absl::GetFlag(FLAGS_tls_cert), &options.tls_cert_pem},
                            std::pair{absl::GetFlag(FLAGS_tls_key), &options.tls_key_pem},
                            std::pair{absl::GetFlag(FLAGS_tls_client_ca), &options.tls_client_ca_pem}}) {
-    if (flag.empty()) continue;
-    std::ifstream in(flag);
-    if (!in) {
-      UM_LOG_ERROR("cannot read ", flag);
+    absl::StatusOr<std::string> pem = ultramem::ReadFileOrEmpty(flag);
+    if (!pem.ok()) {
+      UM_LOG_ERROR(pem.status().ToString());
       return 2;
     }
-    std::stringstream ss;
-    ss << in.rdbuf();
-    *out = ss.str();
+    *out = *std::move(pem);
   }
   auto server = ultramem::memory::MemoryServer::Start(options);
   if (!server.ok()) {

@@ -6,14 +6,13 @@
 #include <signal.h>
 
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/file_util.h"
 #include "common/flags_util.h"
 #include "common/log.h"
 #include "compute_node/serving/compute_server.h"
@@ -38,16 +37,14 @@ ABSL_FLAG(std::string, memory_tls_cert, "", "PEM client certificate for mutual T
 ABSL_FLAG(std::string, memory_tls_key, "", "PEM private key of --memory-tls-cert");
 
 namespace {
+// The PEM file's contents ("" for no path); exits with a message when it cannot be read.
 std::string ReadFileOrDie(const std::string& path) {
-  if (path.empty()) return "";
-  std::ifstream in(path);
-  if (!in) {
-    std::fprintf(stderr, "ultramem-compute-node: cannot read %s\n", path.c_str());
+  absl::StatusOr<std::string> text = ultramem::ReadFileOrEmpty(path);
+  if (!text.ok()) {
+    std::fprintf(stderr, "ultramem-compute-node: %s\n", text.status().ToString().c_str());
     std::exit(2);
   }
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  return *text;
 }
 }  // namespace
 
