@@ -74,6 +74,11 @@ struct EngineOptions {
   bool cuda_graphs = true;
 };
 
+// The checks every backend's Forward makes before touching state: a non-empty batch, each entry
+// with a sequence and tokens in [0, V), positions within max_position_embeddings, no sequence
+// twice. INVALID_ARGUMENT naming the entry otherwise.
+absl::Status ValidateBatch(absl::Span<const SequenceInput> batch, const ModelConfig& config);
+
 // The one place that knows which backends exist. `pooler` must outlive the engine; it may be
 // null for a model without memory layers.
 absl::StatusOr<std::unique_ptr<Engine>> CreateEngine(std::shared_ptr<const ModelWeights> weights,

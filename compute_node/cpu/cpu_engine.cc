@@ -114,35 +114,16 @@ absl::Status CpuEngine::Forward(absl::Span<const SequenceInput> batch,
   const int64_t qkv_width = static_cast<int64_t>(nh + 2 * nkv) * hd;
 
   // Validate everything before touching any state.
+  UM_RETURN_IF_ERROR(ValidateBatch(batch, cfg_));
   std::vector<CpuSequence*> seq_of;
   std::vector<int64_t> pos;
   std::vector<int32_t> token_ids;
-  for (size_t b = 0; b < batch.size(); ++b) {
-    const SequenceInput& in = batch[b];
-    if (in.sequence == nullptr) return absl::InvalidArgumentError("batch entry without a sequence");
-    if (in.tokens.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " has no tokens"));
-    }
+  for (const SequenceInput& in : batch) {
     auto* seq = static_cast<CpuSequence*>(in.sequence);
-    const int64_t end = seq->length() + static_cast<int64_t>(in.tokens.size());
-    if (end > cfg_.max_position_embeddings) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "batch entry ", b, ": ", end, " positions exceed max_position_embeddings ",
-          cfg_.max_position_embeddings));
-    }
     for (size_t i = 0; i < in.tokens.size(); ++i) {
-      if (in.tokens[i] < 0 || in.tokens[i] >= V) {
-        return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, ": token ", in.tokens[i],
-                                                       " at index ", i, " is outside [0, ", V, ")"));
-      }
       seq_of.push_back(seq);
       pos.push_back(seq->length() + static_cast<int64_t>(i));
       token_ids.push_back(in.tokens[i]);
-    }
-    for (size_t c = 0; c < b; ++c) {
-      if (batch[c].sequence == in.sequence) {
-        return absl::InvalidArgumentError(absl::StrCat("sequence appears twice in the batch (entries ", c, " and ", b, ")"));
-      }
     }
   }
   const int64_t T = static_cast<int64_t>(token_ids.size());

@@ -523,34 +523,12 @@ absl::Status CudaEngine::Forward(absl::Span<const SequenceInput> batch,
   std::vector<CudaSequence*> seqs;
   int64_t T = 0;
   bool decode = true;
-  for (size_t b = 0; b < batch.size(); ++b) {
-    const SequenceInput& in = batch[b];
-    if (in.sequence == nullptr) return absl::InvalidArgumentError("batch entry without a sequence");
-    if (in.tokens.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " has no tokens"));
-    }
-    const int64_t end = in.sequence->length() + static_cast<int64_t>(in.tokens.size());
-    if (end > cfg_.max_position_embeddings) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "batch entry ", b, ": ", end, " positions exceed max_position_embeddings ",
-          cfg_.max_position_embeddings));
-    }
-    for (size_t i = 0; i < in.tokens.size(); ++i) {
-      if (in.tokens[i] < 0 || in.tokens[i] >= V) {
-        return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, ": token ", in.tokens[i],
-                                                       " at index ", i, " is outside [0, ", V, ")"));
-      }
-    }
-    for (size_t c = 0; c < b; ++c) {
-      if (batch[c].sequence == in.sequence) {
-        return absl::InvalidArgumentError(absl::StrCat("sequence appears twice in the batch (entries ", c, " and ", b, ")"));
-      }
-    }
+  UM_RETURN_IF_ERROR(ValidateBatch(batch, cfg_));
+  for (const SequenceInput& in : batch) {
     seqs.push_back(static_cast<CudaSequence*>(in.sequence));
     T += static_cast<int64_t>(in.tokens.size());
     decode = decode && in.tokens.size() == 1;
   }
-  if (batch.empty()) return absl::InvalidArgumentError("empty batch");
   for (size_t b = 0; b < batch.size(); ++b) {
     UM_RETURN_IF_ERROR(seqs[b]->Reserve(seqs[b]->length() + static_cast<int64_t>(batch[b].tokens.size()), main_));
   }
