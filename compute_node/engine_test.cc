@@ -12,6 +12,7 @@
 #include "compute_node/cpu/memory_select.h"
 #include "compute_node/engine.h"
 #include "compute_node/model_runtime.h"
+#include "compute_node/testing/random_model.h"
 #include "gtest/gtest.h"
 
 namespace ultramem {
@@ -46,22 +47,10 @@ ModelConfig SmallConfig() {
 class EngineTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/um_engine_test_XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    RandomCheckpointOptions opts;
-    opts.seed = 1234;
-    opts.scale = 0.2f;
-    ASSERT_TRUE(WriteRandomCheckpoint(dir_, SmallConfig(), opts).ok());
-    ModelRuntimeOptions ro;
-    ro.model_dir = dir_;
-    auto rt = OpenModelRuntime(ro);
-    ASSERT_TRUE(rt.ok()) << rt.status();
-    rt_ = std::move(*rt);
-  }
-  void TearDown() override {
-    rt_.reset();
-    std::filesystem::remove_all(dir_);
+    auto model = testing::RandomModel::Create(SmallConfig(), 1234, 0.2f);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(*model);
+    rt_ = &model_->runtime();
   }
 
   // Logits of every position, one token at a time.
@@ -77,8 +66,8 @@ class EngineTest : public ::testing::Test {
     return all;
   }
 
-  std::string dir_;
-  std::unique_ptr<ModelRuntime> rt_;
+  std::unique_ptr<testing::RandomModel> model_;
+  ModelRuntime* rt_ = nullptr;
 };
 
 void ExpectClose(const std::vector<float>& a, const std::vector<float>& b, int64_t vocab) {

@@ -11,6 +11,7 @@
 
 #include "common/checkpoint_writer.h"
 #include "compute_node/model_runtime.h"
+#include "compute_node/testing/random_model.h"
 #include "gtest/gtest.h"
 
 namespace ultramem {
@@ -85,22 +86,10 @@ struct Collector {
 class SchedulerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/um_sched_test_XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    RandomCheckpointOptions opts;
-    opts.seed = 77;
-    opts.scale = 0.3f;
-    ASSERT_TRUE(WriteRandomCheckpoint(dir_, Config(), opts).ok());
-    ModelRuntimeOptions ro;
-    ro.model_dir = dir_;
-    auto rt = OpenModelRuntime(ro);
-    ASSERT_TRUE(rt.ok()) << rt.status();
-    rt_ = std::move(*rt);
-  }
-  void TearDown() override {
-    rt_.reset();
-    std::filesystem::remove_all(dir_);
+    auto model = testing::RandomModel::Create(Config(), 77, 0.3f);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(*model);
+    rt_ = &model_->runtime();
   }
 
   std::vector<int32_t> Alone(const std::vector<int32_t>& prompt, int n) {
@@ -111,8 +100,8 @@ class SchedulerTest : public ::testing::Test {
     return c.tokens;
   }
 
-  std::string dir_;
-  std::unique_ptr<ModelRuntime> rt_;
+  std::unique_ptr<testing::RandomModel> model_;
+  ModelRuntime* rt_ = nullptr;
 };
 
 TEST_F(SchedulerTest, JoiningRequestsGetTheirSoloTokens) {
