@@ -11,6 +11,8 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/absl_compat.h"
@@ -140,7 +142,42 @@ absl::Status CheckPermutation(const TensorView& view, int64_t n) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<SyntheticValues> ParseSyntheticValues(const std::string& path) {
+  UM_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
+  const Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+  }
+  SyntheticValues s;
+  for (const auto& [key, value] : j.items()) {
+    if (key == "seed" && value.is_number_unsigned()) {
+      s.seed = value.get<uint64_t>();
+    } else if (key == "scale" && value.is_number() && value.get<double>() > 0 &&
+               value.get<double>() < 1e30) {
+      s.scale = value.get<float>();
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": bad or unknown field \"", key, "\" (expected seed: unsigned, scale: > 0)"));
+    }
+  }
+  if (!j.contains("seed")) return absl::InvalidArgumentError(absl::StrCat(path, ": \"seed\" is required"));
+  return s;
+}
+
 }  // namespace
+
+int Checkpoint::SyntheticValuesLayer(std::string_view name) const {
+  if (!synthetic_ || !absl::StartsWith(ToAbsl(name), "memory.") ||
+      !absl::EndsWith(ToAbsl(name), ".values")) {
+    return -1;
+  }
+  int j;
+  if (!absl::SimpleAtoi(ToAbsl(name.substr(7, name.size() - 14)), &j) || j < 0 ||
+      j >= config_.NumMemoryLayers()) {
+    return -1;
+  }
+  return j;
+}
 
 Checkpoint::~Checkpoint() = default;
 
@@ -157,6 +194,14 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   const std::string config_path = JoinPath(dir, kConfigName);
   UM_ASSIGN_OR_RETURN(const std::string config_text, ReadFileToString(config_path));
   UM_ASSIGN_OR_RETURN(ckpt->config_, ParseModelConfig(config_text, config_path));
+  const std::string synthetic_path = JoinPath(dir, kSyntheticValuesFile);
+  if (fs::exists(synthetic_path, ec)) {
+    UM_ASSIGN_OR_RETURN(ckpt->synthetic_, ParseSyntheticValues(synthetic_path));
+    if (!ckpt->config_.memory) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(synthetic_path, ": synthetic values for a model without memory layers"));
+    }
+  }
 
   // Open the files. `source` is what a message about a missing tensor names: the single file, or
   // the index that should have listed it.
@@ -231,7 +276,10 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   }
 
   // Validate against MODEL.md §4: names, shapes, dtypes.
-  const auto expected = ExpectedTensors(ckpt->config_);
+  auto expected = ExpectedTensors(ckpt->config_);
+  if (ckpt->synthetic_) {
+    std::erase_if(expected, [&](const auto& e) { return ckpt->SyntheticValuesLayer(e.first) >= 0; });
+  }
   absl::flat_hash_set<std::string_view> expected_names;
   for (const auto& [name, shape] : expected) {
     expected_names.insert(name);
@@ -289,6 +337,12 @@ absl::StatusOr<TensorView> Checkpoint::Get(std::string_view name) const {
 }
 
 absl::StatusOr<std::vector<float>> Checkpoint::ReadF32(std::string_view name) const {
+  if (SyntheticValuesLayer(name) >= 0) {
+    const int64_t rows = config_.memory->NumRows(), cols = config_.memory->value_dim;
+    std::vector<float> out(static_cast<size_t>(rows * cols));
+    UM_RETURN_IF_ERROR(ReadF32Block(name, 0, rows, 0, cols, out.data()));
+    return out;
+  }
   UM_ASSIGN_OR_RETURN(const TensorView view, Get(name));
   if (!IsFloatDType(view.entry->dtype)) {
     return absl::InvalidArgumentError(absl::StrCat(view.file, ": tensor \"", ToAbsl(name), "\" is ",
@@ -302,6 +356,23 @@ absl::StatusOr<std::vector<float>> Checkpoint::ReadF32(std::string_view name) co
 
 absl::Status Checkpoint::ReadF32Block(std::string_view name, int64_t row_begin, int64_t row_end,
                                       int64_t col_begin, int64_t col_end, float* out) const {
+  if (const int layer = SyntheticValuesLayer(name); layer >= 0) {
+    const int64_t rows = config_.memory->NumRows(), cols = config_.memory->value_dim;
+    if (row_begin < 0 || row_begin > row_end || row_end > rows || col_begin < 0 ||
+        col_begin > col_end || col_end > cols) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          dir_, ": synthetic tensor \"", ToAbsl(name), "\": block rows [", row_begin, ", ", row_end,
+          ") cols [", col_begin, ", ", col_end, ") outside its shape [", rows, ", ", cols, "]"));
+    }
+    const int64_t width = col_end - col_begin;
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      for (int64_t c = col_begin; c < col_end; ++c) {
+        out[(r - row_begin) * width + (c - col_begin)] = Bf16ToF32(SyntheticValueBf16(
+            synthetic_->seed, synthetic_->scale, layer, r, static_cast<int>(c)));
+      }
+    }
+    return absl::OkStatus();
+  }
   UM_ASSIGN_OR_RETURN(const TensorView view, Get(name));
   const TensorEntry& e = *view.entry;
   if (!IsFloatDType(e.dtype) || e.shape.size() != 2) {

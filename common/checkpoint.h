@@ -2,6 +2,9 @@
 // validated against the config. Thread safe after Open.
 #pragma once
 
+#include <optional>
+#include "common/synthetic_values.h"
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -37,6 +40,12 @@ class Checkpoint {
 
   const std::string& dir() const { return dir_; }
   const ModelConfig& config() const { return config_; }
+  // Set when the directory declares synthetic value tables (common/synthetic_values.h): the
+  // memory.{j}.values tensors are then absent from the files, Get() of one is NotFound, and
+  // ReadF32 / ReadF32Block compute them.
+  const std::optional<SyntheticValues>& synthetic_values() const { return synthetic_; }
+  // memory.{j}.values of a synthetic checkpoint: the layer j; -1 for any other name.
+  int SyntheticValuesLayer(std::string_view name) const;
 
   // The named tensor; NotFound naming the directory when absent. (All reads below: NotFound the
   // same way.)
@@ -57,6 +66,7 @@ class Checkpoint {
   Checkpoint() = default;
   std::string dir_;
   ModelConfig config_;
+  std::optional<SyntheticValues> synthetic_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   struct Impl;
   std::unique_ptr<Impl> impl_;  // name -> (file, entry) index

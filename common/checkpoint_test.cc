@@ -470,3 +470,61 @@ TEST_F(CheckpointTest, RefusesBadConfigNamingConfigFile) {
 
 }  // namespace
 }  // namespace ultramem
+
+// ---- Synthetic value tables (common/synthetic_values.h) ----
+
+namespace ultramem {
+namespace {
+
+TEST_F(CheckpointTest, SyntheticValuesAreComputedNotStored) {
+  RandomCheckpointOptions opts;
+  opts.synthetic_values = SyntheticValues{12345, 0.25f};
+  ASSERT_TRUE(WriteRandomCheckpoint(dir_, SmallConfig(), opts).ok());
+  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Open();
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  ASSERT_TRUE((*ckpt)->synthetic_values().has_value());
+  EXPECT_EQ((*ckpt)->synthetic_values()->seed, 12345u);
+  EXPECT_EQ((*ckpt)->Get("memory.1.values").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE((*ckpt)->Get("memory.1.keys").ok());
+  // Rows 3..7, columns 2..6 of layer 1 equal the function, and the whole table has the right
+  // spread (not constant, inside [-scale, scale]).
+  std::vector<float> block(4 * 4);
+  ASSERT_TRUE((*ckpt)->ReadF32Block("memory.1.values", 3, 7, 2, 6, block.data()).ok());
+  std::vector<uint16_t> expect(block.size());
+  FillSyntheticBf16(*(*ckpt)->synthetic_values(), 1, 3, 7, 2, 6, expect.data());
+  for (size_t i = 0; i < block.size(); ++i) EXPECT_EQ(block[i], Bf16ToF32(expect[i])) << i;
+  absl::StatusOr<std::vector<float>> all = (*ckpt)->ReadF32("memory.0.values");
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 16u * 8u);
+  const auto [lo, hi] = std::minmax_element(all->begin(), all->end());
+  EXPECT_GE(*lo, -0.25f);
+  EXPECT_LE(*hi, 0.25f);
+  EXPECT_LT(*lo, -0.05f);
+  EXPECT_GT(*hi, 0.05f);
+  // Layers differ.
+  std::vector<float> other(16 * 8);
+  ASSERT_TRUE((*ckpt)->ReadF32Block("memory.1.values", 0, 16, 0, 8, other.data()).ok());
+  EXPECT_NE(*all, other);
+  EXPECT_EQ((*ckpt)->ReadF32Block("memory.1.values", 0, 17, 0, 8, other.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CheckpointTest, SyntheticValuesRefuseStoredValuesAndBadFiles) {
+  RandomCheckpointOptions opts;
+  opts.synthetic_values = SyntheticValues{1, 0.05f};
+  ASSERT_TRUE(WriteRandomCheckpoint(dir_, SmallConfig(), opts).ok());
+  ASSERT_TRUE(Open().ok());
+  WriteAll(Path(kSyntheticValuesFile), "{\"seed\": 1, \"scale\": -2}");
+  ExpectRefused(kSyntheticValuesFile, "", "scale");
+  WriteAll(Path(kSyntheticValuesFile), "{\"scale\": 0.1}");
+  ExpectRefused(kSyntheticValuesFile, "", "seed");
+  // A checkpoint that stores its values and also declares them synthetic: the stored table is
+  // an extra tensor.
+  fs::remove_all(dir_);
+  Write(SmallConfig());
+  WriteAll(Path(kSyntheticValuesFile), "{\"seed\": 1}");
+  ExpectRefused("model.safetensors", "memory.0.values", "not part of this model");
+}
+
+}  // namespace
+}  // namespace ultramem

@@ -86,6 +86,10 @@ std::vector<TensorToWrite> MakeRandomTensors(const ModelConfig& config,
   Rng rng(options.seed);
   std::vector<TensorToWrite> out;
   for (const auto& [name, shape] : ExpectedTensors(config)) {
+    if (options.synthetic_values && absl::StartsWith(name, "memory.") &&
+        absl::EndsWith(name, ".values")) {
+      continue;
+    }
     TensorToWrite t;
     t.name = name;
     t.shape = shape;
@@ -152,7 +156,12 @@ absl::Status WriteCheckpoint(const std::string& dir, const ModelConfig& config,
 
 absl::Status WriteRandomCheckpoint(const std::string& dir, const ModelConfig& config,
                                    const RandomCheckpointOptions& options) {
-  return WriteCheckpoint(dir, config, MakeRandomTensors(config, options), options.split_files);
+  absl::Status s =
+      WriteCheckpoint(dir, config, MakeRandomTensors(config, options), options.split_files);
+  if (!s.ok() || !options.synthetic_values) return s;
+  const Json synthetic = {{"seed", options.synthetic_values->seed},
+                          {"scale", options.synthetic_values->scale}};
+  return WriteFileAtomically(dir + "/" + kSyntheticValuesFile, synthetic.dump(2) + "\n");
 }
 
 }  // namespace ultramem

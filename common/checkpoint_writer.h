@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -10,6 +11,7 @@
 #include "common/dtype.h"
 #include "common/model_config.h"
 #include "common/safetensors_writer.h"
+#include "common/synthetic_values.h"
 
 namespace ultramem {
 
@@ -29,6 +31,9 @@ struct RandomCheckpointOptions {
   // memory server opens), everything else in model-dense.safetensors, plus
   // model.safetensors.index.json.
   bool split_files = false;
+  // Set: no memory.{j}.values tensors; synthetic_values.json declares them instead
+  // (common/synthetic_values.h), for benchmarks with tables too large for a file.
+  std::optional<SyntheticValues> synthetic_values;
 };
 
 // One tensor per ExpectedTensors(config) entry, in that order: random reproducible weights and a
@@ -43,7 +48,7 @@ std::vector<TensorToWrite> MakeRandomTensors(const ModelConfig& config,
 absl::Status WriteCheckpoint(const std::string& dir, const ModelConfig& config,
                              const std::vector<TensorToWrite>& tensors, bool split_files);
 
-// MakeRandomTensors + WriteCheckpoint.
+// MakeRandomTensors + WriteCheckpoint (+ synthetic_values.json when options ask for it).
 absl::Status WriteRandomCheckpoint(const std::string& dir, const ModelConfig& config,
                                    const RandomCheckpointOptions& options = {});
 

@@ -1,6 +1,7 @@
 // ultramem-make-checkpoint: writes a random checkpoint for a config.json, for benchmarks.
 //
 //   ultramem-make-checkpoint --config CONFIG.json --out DIR [--dtype F32|BF16] [--seed 1] [--split]
+//       [--shuffle_dtype I32|I64] [--synthetic_values_seed S]
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -18,6 +19,10 @@ ABSL_FLAG(std::string, dtype, "F32", "F32, BF16 or F16 for every float tensor");
 ABSL_FLAG(uint64_t, seed, 1, "random seed");
 ABSL_FLAG(bool, split, true, "value tables in their own files");
 ABSL_FLAG(double, scale, 0.05, "weights uniform in [-scale, scale]");
+ABSL_FLAG(std::string, shuffle_dtype, "I64", "I32 or I64 for memory.{j}.shuffle_index");
+ABSL_FLAG(int64_t, synthetic_values_seed, -1,
+          "if >= 0: no value tables in the files; synthetic_values.json declares them as a function "
+          "of this seed (common/synthetic_values.h), for tables too large to write");
 
 namespace ultramem {
 absl::Status Run() {
@@ -31,6 +36,14 @@ absl::Status Run() {
   opts.seed = absl::GetFlag(FLAGS_seed);
   opts.split_files = absl::GetFlag(FLAGS_split);
   opts.scale = static_cast<float>(absl::GetFlag(FLAGS_scale));
+  UM_ASSIGN_OR_RETURN(opts.shuffle_dtype, ParseDType(absl::GetFlag(FLAGS_shuffle_dtype)));
+  if (opts.shuffle_dtype != DType::kI32 && opts.shuffle_dtype != DType::kI64) {
+    return absl::InvalidArgumentError("--shuffle_dtype must be I32 or I64");
+  }
+  if (absl::GetFlag(FLAGS_synthetic_values_seed) >= 0) {
+    opts.synthetic_values = SyntheticValues{
+        static_cast<uint64_t>(absl::GetFlag(FLAGS_synthetic_values_seed)), opts.scale};
+  }
   return WriteRandomCheckpoint(absl::GetFlag(FLAGS_out), cfg, opts);
 }
 }  // namespace ultramem
