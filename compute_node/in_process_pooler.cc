@@ -21,8 +21,15 @@ absl::StatusOr<std::unique_ptr<InProcessPooler>> InProcessPooler::Create(
   pooler->tables_.resize(cfg.NumMemoryLayers());
   for (int j = 0; j < cfg.NumMemoryLayers(); ++j) {
     const std::string name = absl::StrCat("memory.", j, ".values");
-    UM_ASSIGN_OR_RETURN(TensorView view, checkpoint->Get(name));
     Table& t = pooler->tables_[j];
+    if (checkpoint->synthetic_values()) {  // declared, not stored: computed once here
+      t.num_rows = cfg.memory->NumRows();
+      UM_ASSIGN_OR_RETURN(t.owned, checkpoint->ReadF32(name));
+      t.f32 = t.owned.data();
+      t.row_bytes = static_cast<int64_t>(sizeof(float)) * pooler->value_dim_;
+      continue;
+    }
+    UM_ASSIGN_OR_RETURN(TensorView view, checkpoint->Get(name));
     t.num_rows = view.entry->shape[0];
     const auto addr = reinterpret_cast<uintptr_t>(view.data);
     if (view.entry->dtype == DType::kF32 && addr % alignof(float) == 0) {

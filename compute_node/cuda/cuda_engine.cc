@@ -27,6 +27,7 @@
 #include "compute_node/cuda/rms_norm.cuh"
 #include "compute_node/cuda/rope.cuh"
 #include "compute_node/cuda/swiglu.cuh"
+#include "compute_node/cuda/synthetic.cuh"
 
 namespace ultramem {
 namespace cuda {
@@ -51,6 +52,14 @@ absl::Status UploadF32(const std::vector<float>& host, DeviceBuffer<float>* out)
 // slices so the host never holds a second full copy).
 absl::Status UploadValues(const Checkpoint& ckpt, int layer, DeviceBuffer<bf16>* out) {
   const std::string name = absl::StrCat("memory.", layer, ".values");
+  if (ckpt.synthetic_values()) {  // declared, not stored: computed in place on the device
+    const MemoryConfig& m = *ckpt.config().memory;
+    UM_RETURN_IF_ERROR(out->Reserve(static_cast<size_t>(m.NumRows()) * m.value_dim));
+    LaunchFillSynthetic(*ckpt.synthetic_values(), layer, 0, m.NumRows(), 0, m.value_dim,
+                        out->get(), nullptr);
+    CUDA_CHECK(cudaGetLastError());
+    return absl::OkStatus();
+  }
   UM_ASSIGN_OR_RETURN(TensorView view, ckpt.Get(name));
   const size_t count = static_cast<size_t>(view.NumElements());
   UM_RETURN_IF_ERROR(out->Reserve(count));
