@@ -1,8 +1,9 @@
 // ultramem-bench-decode: CPU decode step time of a model at a given batch, with the bytes floor.
 //
-//   ultramem-bench-decode --model DIR [--batch 1] [--prompt 32] [--steps 32] [--threads 0]
+//   ultramem-bench-decode --model DIR [--batch 1[,16,...]] [--prompt 32] [--steps 32] [--threads 0]
+//       [--backend cpu|cuda] [--shard_map MAP]
 //
-// Prints one JSON object: step time, tokens/s, bytes read per step (dense weights once plus the
+// Prints one JSON object per batch size (one model load serves them all): step time, tokens/s, bytes read per step (dense weights once plus the
 // touched value rows and the KV cache), the copy bandwidth measured in the same run (bytes read +
 // written per second by memcpy over buffers far larger than the caches, with as many threads as
 // the engine), and time per step against the floor = bytes / bandwidth.
@@ -15,12 +16,14 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
 #include "common/flags_util.h"
 #include "common/status.h"
 #include "compute_node/model_runtime.h"
 
 ABSL_FLAG(std::string, model, "", "model directory");
-ABSL_FLAG(int, batch, 1, "sequences decoded together");
+ABSL_FLAG(std::vector<std::string>, batch, {"1"},
+          "sequences decoded together; a comma-separated list measures each in turn");
 ABSL_FLAG(int, prompt, 32, "prompt tokens per sequence before timing");
 ABSL_FLAG(int, steps, 32, "timed decode steps");
 ABSL_FLAG(int, threads, 0, "CPU threads (0: one per core)");
@@ -53,6 +56,8 @@ double CopyBandwidth(int threads) {
   return best;
 }
 
+absl::Status RunBatch(ModelRuntime& runtime, int batch, int threads, double bandwidth);
+
 absl::Status Run() {
   ModelRuntimeOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);
@@ -62,10 +67,25 @@ absl::Status Run() {
   const int threads = options.engine.num_threads > 0
                           ? options.engine.num_threads
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<int> batches;
+  for (const std::string& b : absl::GetFlag(FLAGS_batch)) {
+    int n;
+    if (!absl::SimpleAtoi(b, &n) || n < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("--batch: '", b, "' is not a positive integer"));
+    }
+    batches.push_back(n);
+  }
   UM_ASSIGN_OR_RETURN(std::unique_ptr<ModelRuntime> rt, OpenModelRuntime(options));
+  const double bandwidth = CopyBandwidth(threads);
+  for (const int batch : batches) UM_RETURN_IF_ERROR(RunBatch(*rt, batch, threads, bandwidth));
+  return absl::OkStatus();
+}
+
+absl::Status RunBatch(ModelRuntime& runtime, int batch, int threads, double bandwidth) {
+  ModelRuntime* rt = &runtime;
   const ModelConfig& cfg = rt->engine->config();
-  const int batch = absl::GetFlag(FLAGS_batch), prompt = absl::GetFlag(FLAGS_prompt),
-            steps = absl::GetFlag(FLAGS_steps);
+  const int prompt = absl::GetFlag(FLAGS_prompt), steps = absl::GetFlag(FLAGS_steps);
+  const auto prefill_start = Clock::now();
 
   std::vector<std::unique_ptr<Sequence>> seqs;
   for (int b = 0; b < batch; ++b) {
@@ -76,6 +96,7 @@ absl::Status Run() {
     ForwardOutput out;
     UM_RETURN_IF_ERROR(rt->engine->Forward({&in, 1}, {}, &out));
   }
+  const double prefill_s = std::chrono::duration<double>(Clock::now() - prefill_start).count();
   std::vector<int32_t> next(batch);
   std::vector<double> step_s;
   const RemotePoolerStats before = rt->remote ? rt->remote->Stats() : RemotePoolerStats{};
@@ -105,20 +126,22 @@ absl::Status Run() {
   if (cfg.memory) {
     const MemoryConfig& mc = *cfg.memory;
     const auto v = rt->checkpoint->Get("memory.0.values");
-    const int64_t elem = v.ok() ? static_cast<int64_t>(DTypeSize(v->entry->dtype)) : 4;
+    const int64_t elem = v.ok() ? static_cast<int64_t>(DTypeSize(v->entry->dtype))
+                         : (rt->checkpoint->synthetic_values() ? 2 : 4);
     value_row_bytes = static_cast<int64_t>(cfg.NumMemoryLayers()) * mc.SelectionsPerToken() *
                       mc.value_dim * elem;
   }
   bytes += batch * (kv_per_token + value_row_bytes);
-  const double bandwidth = CopyBandwidth(threads);
   const double floor_s = bytes / bandwidth;
   std::printf(
       "{\"batch\": %d, \"threads\": %d, \"step_ms\": %.4f, \"tokens_per_s\": %.2f, "
       "\"bytes_per_step\": %lld, \"copy_gbps\": %.2f, \"floor_ms\": %.4f, \"vs_floor\": %.3f, "
-      "\"lookup_ms_per_step\": %.4f, \"wait_ms_per_step\": %.4f, \"hidden_share\": %.3f}\n",
+      "\"lookup_ms_per_step\": %.4f, \"wait_ms_per_step\": %.4f, \"hidden_share\": %.3f, "
+      "\"prefill_s\": %.3f}\n",
       batch, threads, median * 1e3, batch / median, static_cast<long long>(bytes), bandwidth / 1e9,
       floor_s * 1e3, median / floor_s, lookup_s * 1e3 / (steps + 2), wait_s * 1e3 / (steps + 2),
-      lookup_s > 0 ? 1.0 - wait_s / lookup_s : 0.0);
+      lookup_s > 0 ? 1.0 - wait_s / lookup_s : 0.0, prefill_s);
+  std::fflush(stdout);
   return absl::OkStatus();
 }
 
