@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 6 (d) on the GPU machine, one call: the CUDA engine with its memory layers on two memory
-# servers (separate processes; unix: sockets and loopback TCP) against the CUDA engine in-process,
-# at batch 1 and 64; plus the GPU tests. Expects the bundle made by:
+# servers (separate processes; unix: sockets and loopback TCP; their hot tier on the host
+# (--device cpu) and in GPU memory (--device cuda), on a GPU of their own when the machine has
+# two or more) against the CUDA engine in-process, at batch 1 and 64; plus the GPU tests. Expects the bundle made by:
 #   ../shared/tools/device-bundle .device build-cuda/bin/{ultramem-bench-decode,ultramem-make-checkpoint,ultramem-import,ultramem-memory-server,cuda_engine_tests}
 # and is run as: bash bench/gpu/distributed.sh   (with carry [".device"])
 set -euo pipefail
@@ -33,15 +34,23 @@ for i in 0 1; do
     --rows "$rows" --progress off 2>&1 | tail -1
 done
 echo "prepared in $(python3 -c "import time; print(round(time.time() - $t0, 1))") s"
-for i in 0 1; do
-  "$B/ultramem-memory-server" --store-dir "$W/store-$i" --listen "unix:$W/mem-$i.sock,127.0.0.1:$((7170 + i))" \
-    --metrics-listen "" --cold-threads 4 > "$W/mem-$i.log" 2>&1 &
-  pids+=($!)
-done
-for i in 0 1; do
-  for _ in $(seq 1 600); do grep -q '^SERVING' "$W/mem-$i.log" && break; sleep 0.1; done
-  grep -q '^SERVING' "$W/mem-$i.log" || { cat "$W/mem-$i.log"; exit 1; }
-done
+G=$(nvidia-smi -L | wc -l)
+MEM_GPU=$(( G > 1 ? 1 : 0 ))  # the memory servers' GPU tier: a GPU of their own where there is one
+start_servers() {  # tier
+  pids=()
+  for i in 0 1; do
+    rm -f "$W/mem-$i.sock"
+    CUDA_VISIBLE_DEVICES=$MEM_GPU "$B/ultramem-memory-server" --store-dir "$W/store-$i" \
+      --listen "unix:$W/mem-$i.sock,127.0.0.1:$((7170 + i))" --metrics-listen "" --cold-threads 4 \
+      --device "$1" > "$W/mem-$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in 0 1; do
+    for _ in $(seq 1 600); do grep -q '^SERVING' "$W/mem-$i.log" && break; sleep 0.1; done
+    grep -q '^SERVING' "$W/mem-$i.log" || { cat "$W/mem-$i.log"; exit 1; }
+  done
+}
+stop_servers() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; pids=(); }
 for kind in unix tcp; do
   {
     echo 'model_id: "gpu-dist"'
@@ -52,16 +61,24 @@ for kind in unix tcp; do
     done
   } > "$W/map-$kind.pbtxt"
 done
-printf "\n| batch | in-process µs/step | unix: µs/step | ratio | TCP µs/step | ratio | hidden (unix) |\n|---:|---:|---:|---:|---:|---:|---:|\n"
+echo "compute node on GPU 0, memory servers on GPU $MEM_GPU ($G GPUs)"
+printf "\n| memory tier | batch | in-process µs/step | unix: µs/step | ratio | TCP µs/step | ratio | hidden (unix) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+declare -A local_json
 for batch in 1 64; do
-  run() { "$B/ultramem-bench-decode" --model "$W/model" --backend cuda --batch $batch --prompt 512 --steps 32 "$@"; }
-  local_json=$(run)
-  unix_json=$(run --shard-map "$W/map-unix.pbtxt")
-  tcp_json=$(run --shard-map "$W/map-tcp.pbtxt")
-  python3 - "$batch" "$local_json" "$unix_json" "$tcp_json" <<'PY'
+  local_json[$batch]=$(CUDA_VISIBLE_DEVICES=0 "$B/ultramem-bench-decode" --model "$W/model" --backend cuda --batch $batch --prompt 512 --steps 32)
+done
+for tier in cpu cuda; do
+  start_servers $tier
+  for batch in 1 64; do
+    run() { CUDA_VISIBLE_DEVICES=0 "$B/ultramem-bench-decode" --model "$W/model" --backend cuda --batch $batch --prompt 512 --steps 32 "$@"; }
+    unix_json=$(run --shard-map "$W/map-unix.pbtxt")
+    tcp_json=$(run --shard-map "$W/map-tcp.pbtxt")
+    python3 - "$tier" "$batch" "${local_json[$batch]}" "$unix_json" "$tcp_json" <<'PY'
 import json, sys
-b, l, u, t = sys.argv[1], *(json.loads(x) for x in sys.argv[2:])
-print("| %s | %.0f | %.0f | %.2f | %.0f | %.2f | %.0f%% |" % (b, l["step_ms"] * 1e3, u["step_ms"] * 1e3,
+tier, b, l, u, t = sys.argv[1], sys.argv[2], *(json.loads(x) for x in sys.argv[3:])
+print("| %s | %s | %.0f | %.0f | %.2f | %.0f | %.2f | %.0f%% |" % (tier, b, l["step_ms"] * 1e3, u["step_ms"] * 1e3,
       u["step_ms"] / l["step_ms"], t["step_ms"] * 1e3, t["step_ms"] / l["step_ms"], 100 * u["hidden_share"]))
 PY
+  done
+  stop_servers
 done
