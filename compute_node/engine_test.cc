@@ -3,6 +3,7 @@
 // errors leave sequences unchanged, lookups failures propagate.
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -183,6 +184,60 @@ TEST(TopMTest, DescendingTiesToLowerIndexNanLast) {
   std::vector<int> out(4);
   TopM(v.data(), 6, 4, out.data());
   EXPECT_EQ(out, (std::vector<int>{1, 3, 5, 4}));
+}
+
+}  // namespace
+}  // namespace ultramem
+
+// A checkpoint whose value tables are synthetic (common/synthetic_values.h) runs exactly like the
+// same checkpoint with those tables stored as BF16 tensors.
+namespace ultramem {
+namespace {
+
+TEST(SyntheticValuesTest, EngineMatchesStoredTables) {
+  const ModelConfig cfg = SmallConfig();
+  RandomCheckpointOptions opts;
+  opts.seed = 99;
+  opts.scale = 0.2f;
+  opts.synthetic_values = SyntheticValues{4242, 0.5f};
+  char t1[] = "/tmp/um_synth_a_XXXXXX", t2[] = "/tmp/um_synth_b_XXXXXX";
+  ASSERT_NE(mkdtemp(t1), nullptr);
+  ASSERT_NE(mkdtemp(t2), nullptr);
+  const std::string synthetic_dir = t1, stored_dir = t2;
+  ASSERT_TRUE(WriteRandomCheckpoint(synthetic_dir, cfg, opts).ok());
+  // The same tensors plus memory.{j}.values written out from the function.
+  std::vector<TensorToWrite> tensors = MakeRandomTensors(cfg, opts);
+  const MemoryConfig& m = *cfg.memory;
+  for (int j = 0; j < cfg.NumMemoryLayers(); ++j) {
+    std::vector<uint16_t> bits(static_cast<size_t>(m.NumRows()) * m.value_dim);
+    FillSyntheticBf16(*opts.synthetic_values, j, 0, m.NumRows(), 0, m.value_dim, bits.data());
+    TensorToWrite t;
+    t.name = "memory." + std::to_string(j) + ".values";
+    t.shape = {m.NumRows(), m.value_dim};
+    t.dtype = DType::kBF16;
+    t.bytes.resize(bits.size() * 2);
+    std::memcpy(t.bytes.data(), bits.data(), t.bytes.size());
+    tensors.push_back(std::move(t));
+  }
+  ASSERT_TRUE(WriteCheckpoint(stored_dir, cfg, tensors, false).ok());
+
+  auto logits = [&](const std::string& dir) {
+    ModelRuntimeOptions ro;
+    ro.model_dir = dir;
+    auto rt = OpenModelRuntime(ro);
+    EXPECT_TRUE(rt.ok()) << rt.status();
+    auto seq = (*rt)->engine->NewSequence();
+    const std::vector<int32_t> tokens = {5, 77, 130, 9, 250, 3};
+    SequenceInput in{seq.get(), absl::MakeConstSpan(tokens), true};
+    ForwardOutput out;
+    EXPECT_TRUE((*rt)->engine->Forward({&in, 1}, {}, &out).ok());
+    return out.logits;
+  };
+  const std::vector<float> a = logits(synthetic_dir), b = logits(stored_dir);
+  ASSERT_FALSE(a.empty());
+  EXPECT_EQ(a, b);
+  std::filesystem::remove_all(synthetic_dir);
+  std::filesystem::remove_all(stored_dir);
 }
 
 }  // namespace
