@@ -8,6 +8,16 @@
 #endif
 
 namespace ultramem::memory {
+namespace {
+GpuHotTierFactory& TestingFactory() {
+  static GpuHotTierFactory* factory = new GpuHotTierFactory();
+  return *factory;
+}
+}  // namespace
+
+void SetGpuHotTierFactoryForTesting(GpuHotTierFactory factory) {
+  TestingFactory() = std::move(factory);
+}
 
 absl::StatusOr<DeviceSpec> ParseDevice(absl::string_view text) {
   DeviceSpec spec;
@@ -28,7 +38,7 @@ std::string DeviceName(const DeviceSpec& device) {
 }
 
 absl::Status CheckDeviceAvailable(const DeviceSpec& device) {
-  if (!device.is_gpu()) return absl::OkStatus();
+  if (!device.is_gpu() || TestingFactory()) return absl::OkStatus();
 #if ULTRAMEM_HAVE_CUDA
   return cuda::CheckCudaDevice(device.index);
 #else
@@ -40,6 +50,7 @@ absl::Status CheckDeviceAvailable(const DeviceSpec& device) {
 
 absl::StatusOr<std::unique_ptr<GpuHotTier>> CreateGpuHotTier(const GpuHotTierOptions& options) {
   DeviceSpec device{DeviceSpec::Kind::kCuda, options.device};
+  if (TestingFactory()) return TestingFactory()(options);
   if (absl::Status s = CheckDeviceAvailable(device); !s.ok()) return s;
 #if ULTRAMEM_HAVE_CUDA
   return cuda::CreateCudaHotTier(options);

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -88,5 +89,12 @@ class GpuHotTier {
 // ResourceExhausted when the slots do not fit in device memory; InvalidArgument for a shape the
 // kernel cannot run (E × width fp32 accumulators must fit in a block's shared memory).
 absl::StatusOr<std::unique_ptr<GpuHotTier>> CreateGpuHotTier(const GpuHotTierOptions& options);
+
+// Tests only: CheckDeviceAvailable (for GPU devices) and CreateGpuHotTier use `factory` instead
+// of this build's devices, so that the host side of the GPU tier runs in CPU-only CI against a
+// host emulation; an empty function restores the registry. Set it before opening stores.
+using GpuHotTierFactory =
+    std::function<absl::StatusOr<std::unique_ptr<GpuHotTier>>(const GpuHotTierOptions&)>;
+void SetGpuHotTierFactoryForTesting(GpuHotTierFactory factory);
 
 }  // namespace ultramem::memory
