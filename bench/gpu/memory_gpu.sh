@@ -35,16 +35,16 @@ done
 tests="skipped"
 if [[ -z ${SKIP_TESTS:-} ]]; then
   stamp "GPU tests"
-  timeout 150 "$BIN/memory_server_cuda_tests" >"$OUT/tests.log" 2>&1; rc=$?
+  timeout 80 "$BIN/memory_server_cuda_tests" >"$OUT/tests.log" 2>&1; rc=$?
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[  FAILED|GPU TEST SKIPPED|Failure|Expected|Which is" "$OUT/tests.log" | head -30
   tests="rc=$rc, $(grep -E '^\[  PASSED' "$OUT/tests.log" | head -1)"
 fi
 
 stamp "pooling kernel bandwidth"
-timeout 60 "$BIN/ultramem-gpu-pool-bench" --tokens 1,64,256,4096 2>&1 | tee "$OUT/pool_bench.log"
+timeout 40 "$BIN/ultramem-gpu-pool-bench" --tokens 1,64,256,4096 2>&1 | tee "$OUT/pool_bench.log"
 
 stamp "bench (d): GPU vs CPU hot tier through gRPC"
-timeout 150 "$BIN/memory_server_gpu_tier_bench" --knum 1024 --calls 300 2>&1 | tee "$OUT/tier_bench.log"
+timeout 50 "$BIN/memory_server_gpu_tier_bench" --knum 1024 --calls 300 2>&1 | tee "$OUT/tier_bench.log"
 
 if [[ -z ${SKIP_BIG:-} ]]; then
   stamp "77 GB synthetic shard on the GPU"
@@ -68,7 +68,7 @@ JSON
     --metrics_listen= --hot_capacity_bytes=100000000000 --current_poll_ms=0 \
     >"$OUT/big_server.out" 2>"$OUT/big_server.err" &
   pid=$!
-  for _ in $(seq 1 900); do
+  for _ in $(seq 1 600); do
     grep -q SERVING "$OUT/big_server.out" 2>/dev/null && break
     kill -0 $pid 2>/dev/null || break
     sleep 0.1
@@ -79,7 +79,7 @@ JSON
     big_start=$(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.1f", b-a}')
     echo "SERVING after ${big_start} s"
     nvidia-smi --query-gpu=memory.used --format=csv,noheader || true
-    timeout 90 "$BIN/memory_server_gpu_tier_bench" --connect="unix:$SOCK" --verify_seed 7 \
+    timeout 30 "$BIN/memory_server_gpu_tier_bench" --connect="unix:$SOCK" --verify_seed 7 \
       --verify_scale 1 --calls 300 2>&1 | tee "$OUT/big_bench.log"
   else
     big_start="did not start"
