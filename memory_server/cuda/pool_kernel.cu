@@ -1,7 +1,8 @@
 // Implementation of pool_kernel.cuh. One block per token; each thread owns 8 consecutive columns
 // (one 16-byte load per selected row), keeps 4 row loads in flight, and accumulates per group in
-// shared memory (threads own disjoint columns: no atomics). Selections are visited in order, as
-// common/pooling.h's CPU kernel visits them. Chunk weights are constant over a thread's 8 columns
+// shared memory (threads own disjoint columns: no atomics). For a few tokens the block is split
+// into up to 4 slices over the token's selections (partial sums added at the end), otherwise
+// selections are visited in order, as common/pooling.h's CPU kernel visits them. Chunk weights are constant over a thread's 8 columns
 // when the chunk width and the first column are multiples of 8; otherwise a scalar kernel.
 #include "memory_server/cuda/pool_kernel.cuh"
 
@@ -13,6 +14,7 @@ namespace ultramem::memory::cuda {
 namespace {
 
 constexpr int kMaxThreads = 256;
+constexpr int kFewTokens = 264;  // 2 blocks per SM of an H100/H200 (132 SMs)
 
 __device__ __forceinline__ void Unpack8(const uint4& raw, float* f) {
   const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&raw);
@@ -38,15 +40,25 @@ __device__ __forceinline__ void TokenRange(const PoolLaunch& p, int t, int64_t* 
   }
 }
 
-__global__ void __launch_bounds__(kMaxThreads) PoolVec8Kernel(const PoolLaunch p) {
-  extern __shared__ float acc[];  // [E][width]
+// blockDim.x = slices × threads_per_slice. Slice s pools its contiguous share of the token's
+// selections into its own accumulators; the slices are summed at the end (in slice order). More
+// slices put more loads in flight for a few tokens (latency-bound), at the cost of shared memory.
+__global__ void __launch_bounds__(kMaxThreads) PoolVec8Kernel(const PoolLaunch p, int slices) {
+  extern __shared__ float acc[];  // [slices][E][width]
   const int t = blockIdx.x;
   const int n = p.expand * p.width;
-  for (int e = threadIdx.x; e < n; e += blockDim.x) acc[e] = 0.0f;
+  for (int e = threadIdx.x; e < slices * n; e += blockDim.x) acc[e] = 0.0f;
   __syncthreads();
-  int64_t begin, end;
-  TokenRange(p, t, &begin, &end);
-  for (int c8 = threadIdx.x * 8; c8 < p.width; c8 += blockDim.x * 8) {
+  int64_t token_begin, token_end;
+  TokenRange(p, t, &token_begin, &token_end);
+  const int per_slice = blockDim.x / slices;
+  const int slice = threadIdx.x / per_slice;
+  const int64_t share = (token_end - token_begin + slices - 1) / slices;
+  const int64_t first = token_begin + slice * share;
+  const int64_t begin = first < token_end ? first : token_end;
+  const int64_t end = begin + share < token_end ? begin + share : token_end;
+  float* my_acc = acc + slice * n;
+  for (int c8 = (threadIdx.x - slice * per_slice) * 8; c8 < p.width; c8 += per_slice * 8) {
     const int core = (p.col_begin + c8) / p.chunk;
     int64_t k = begin;
     for (; k + 4 <= end; k += 4) {
@@ -62,7 +74,7 @@ __global__ void __launch_bounds__(kMaxThreads) PoolVec8Kernel(const PoolLaunch p
       for (int u = 0; u < 4; ++u) {
         if (slot[u] < 0) continue;
         const float w = p.scores[(k + u) * p.cores + core];
-        float* a = acc + p.groups[k + u] * p.width + c8;
+        float* a = my_acc + p.groups[k + u] * p.width + c8;
         float f[8];
         Unpack8(raw[u], f);
 #pragma unroll
@@ -73,7 +85,7 @@ __global__ void __launch_bounds__(kMaxThreads) PoolVec8Kernel(const PoolLaunch p
       const int64_t slot = p.slots[k];
       if (slot < 0) continue;
       const float w = p.scores[k * p.cores + core];
-      float* a = acc + p.groups[k] * p.width + c8;
+      float* a = my_acc + p.groups[k] * p.width + c8;
       float f[8];
       Unpack8(*reinterpret_cast<const uint4*>(Row(p, slot) + c8), f);
 #pragma unroll
@@ -82,7 +94,11 @@ __global__ void __launch_bounds__(kMaxThreads) PoolVec8Kernel(const PoolLaunch p
   }
   __syncthreads();
   float* y = p.out + static_cast<int64_t>(t) * n;
-  for (int e = threadIdx.x; e < n; e += blockDim.x) y[e] = acc[e];
+  for (int e = threadIdx.x; e < n; e += blockDim.x) {
+    float sum = acc[e];
+    for (int s = 1; s < slices; ++s) sum += acc[s * n + e];
+    y[e] = sum;
+  }
 }
 
 __global__ void __launch_bounds__(kMaxThreads) PoolScalarKernel(const PoolLaunch p) {
@@ -156,9 +172,18 @@ absl::Status LaunchPool(const PoolLaunch& p, cudaStream_t stream) {
   if (p.num_tokens == 0) return absl::OkStatus();
   const size_t smem = PoolSharedBytes(p.expand, p.width);
   if (Vectorized(p)) {
-    // One thread per 8 columns, in whole warps, at most kMaxThreads (then threads loop).
+    // One thread per 8 columns, in whole warps, at most kMaxThreads (then threads loop). With
+    // fewer tokens than ~2 blocks per SM, up to 4 slices per token while the block and its
+    // accumulators stay within kMaxThreads and the default 48 KiB of shared memory.
     const int threads = std::min(kMaxThreads, std::max(32, (p.width / 8 + 31) / 32 * 32));
-    PoolVec8Kernel<<<p.num_tokens, threads, smem, stream>>>(p);
+    int slices = 1;
+    if (p.num_tokens < kFewTokens) {
+      while (slices < 4 && 2 * slices * threads <= kMaxThreads &&
+             2 * slices * smem <= 48 * 1024) {
+        slices *= 2;
+      }
+    }
+    PoolVec8Kernel<<<p.num_tokens, slices * threads, slices * smem, stream>>>(p, slices);
   } else {
     PoolScalarKernel<<<p.num_tokens, 128, smem, stream>>>(p);
   }
