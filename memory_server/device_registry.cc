@@ -25,7 +25,8 @@ absl::StatusOr<DeviceSpec> ParseDevice(absl::string_view text) {
   if (text == "cuda" || text.substr(0, 5) == "cuda:") {
     spec.kind = DeviceSpec::Kind::kCuda;
     if (text.size() > 4 && (!absl::SimpleAtoi(text.substr(5), &spec.index) || spec.index < 0)) {
-      return absl::InvalidArgumentError(absl::StrCat("bad device '", text, "': cuda:N wants N >= 0"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad device '", text, "': cuda:N wants N >= 0"));
     }
     return spec;
   }
@@ -42,9 +43,10 @@ absl::Status CheckDeviceAvailable(const DeviceSpec& device) {
 #if ULTRAMEM_HAVE_CUDA
   return cuda::CheckCudaDevice(device.index);
 #else
-  return absl::FailedPreconditionError(absl::StrCat(
-      "device ", DeviceName(device), ": this build has no CUDA support (rebuild where nvcc is "
-      "found, with -DULTRAMEM_CUDA=ON), serve with --device=cpu"));
+  return absl::FailedPreconditionError(
+      absl::StrCat("device ", DeviceName(device),
+                   ": this build has no CUDA support (rebuild where nvcc is "
+                   "found, with -DULTRAMEM_CUDA=ON), serve with --device=cpu"));
 #endif
 }
 

@@ -52,8 +52,8 @@ struct GpuPoolCall {
   const int32_t* offsets = nullptr;  // [T + 1]: token t owns selections [offsets[t], offsets[t+1])
   // [S]: a slot in [0, num_slots), or num_slots + i for extra row i, or -1 (contributes nothing).
   const int64_t* slots = nullptr;
-  const int32_t* groups = nullptr;   // [S], in [0, E)
-  const float* scores = nullptr;     // [S, h]
+  const int32_t* groups = nullptr;       // [S], in [0, E)
+  const float* scores = nullptr;         // [S, h]
   const uint16_t* extra_rows = nullptr;  // [num_extra, width] bf16: rows not resident (misses)
   int num_extra = 0;
   // [num_extra] or null: after pooling, extra row i is copied into slot promote_to[i] (-1: not).

@@ -46,8 +46,8 @@ SlotMap::SlotMap(int64_t num_slots) : num_slots_(std::max<int64_t>(0, num_slots)
     auto shard = std::make_unique<Shard>();
     shard->first = s * slots_per_shard_;
     // The last shard takes the remainder.
-    shard->num_slots = static_cast<uint32_t>(s + 1 == num_shards ? num_slots_ - shard->first
-                                                                 : slots_per_shard_);
+    shard->num_slots =
+        static_cast<uint32_t>(s + 1 == num_shards ? num_slots_ - shard->first : slots_per_shard_);
     absl::MutexLock lock(&shard->mu);
     shard->slot_id.assign(shard->num_slots, kNoRow);
     shard->referenced.assign(shard->num_slots, 0);

@@ -99,18 +99,6 @@ absl::Status ValueStore::OpenHostTier() {
 absl::Status ValueStore::ScanRows(const std::function<void(int, int64_t, const uint8_t*)>& sink) {
   const StoreManifest& m = manifest_;
   const size_t row_bytes = m.RowBytes();
-  if (m.synthetic) {
-    std::vector<uint16_t> row(row_bytes / 2);
-    for (size_t b = 0; b < m.blocks.size(); ++b) {
-      const BlockSpec& block = m.blocks[b];
-      for (int64_t r = block.row_begin; r < block.row_end; ++r) {
-        FillSyntheticBf16(*m.synthetic, block.layer, r, r + 1, block.col_begin, block.col_end,
-                          row.data());
-        sink(static_cast<int>(b), r - block.row_begin, reinterpret_cast<const uint8_t*>(row.data()));
-      }
-    }
-    return absl::OkStatus();
-  }
   absl::flat_hash_map<int, int> block_of_layer;
   std::vector<uint32_t> crc(m.blocks.size(), 0);
   for (size_t b = 0; b < m.blocks.size(); ++b) block_of_layer[m.blocks[b].layer] = static_cast<int>(b);

@@ -103,7 +103,7 @@ class ValueStore {
  private:
   ValueStore() = default;
   // Every stored row in block order: sink(block index, row in block, bytes); checks the blocks'
-  // checksums when asked. A synthetic store computes them instead (no checksum).
+  // checksums when asked. Not for a synthetic store (nothing stored).
   absl::Status ScanRows(const std::function<void(int, int64_t, const uint8_t*)>& sink);
   // Rows that missed the hot tier, read from RocksDB or computed: sink(i, bytes) for reads[i].
   absl::Status ReadMisses(const std::vector<ColdStore::RowRead>& reads,

@@ -1,6 +1,8 @@
 // The GPU hot tier's part of memory_server/value_store.h: opening the device tier (preloading
 // or computing the rows in place), mapping a lookup's rows to device slots on the host, and the
 // device lookup with misses promoted into slots. The device side is behind gpu_hot_tier.h.
+#include "memory_server/value_store.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -9,23 +11,24 @@
 #include "common/status.h"
 #include "memory_server/metrics.h"
 #include "memory_server/slot_map.h"
-#include "memory_server/value_store.h"
 
 namespace ultramem::memory {
 
 absl::Status ValueStore::OpenGpuTier(const DeviceSpec& device) {
   const StoreManifest& m = manifest_;
   if (m.dtype != StoreDType::kBF16) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "store version ", m.version, " holds F32 rows; the GPU hot tier holds bf16 rows (import "
-        "with --store_dtype=bf16, or serve with --device=cpu)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("store version ", m.version,
+                     " holds F32 rows; the GPU hot tier holds bf16 rows (import "
+                     "with --store_dtype=bf16, or serve with --device=cpu)"));
   }
   device_name_ = DeviceName(device);
   const int64_t row_bytes = static_cast<int64_t>(m.RowBytes());
   const bool full = options_.hot_capacity_bytes >= m.TotalBytes();
   GpuHotTierOptions gpu;
   gpu.device = device.index;
-  gpu.num_slots = full ? m.TotalBytes() / row_bytes : std::max<int64_t>(0, options_.hot_capacity_bytes) / row_bytes;
+  gpu.num_slots = full ? m.TotalBytes() / row_bytes
+                       : std::max<int64_t>(0, options_.hot_capacity_bytes) / row_bytes;
   gpu.width = m.blocks[0].width();
   gpu.expand = m.expand;
   gpu.value_dim = m.value_dim;
@@ -108,7 +111,8 @@ absl::Status ValueStore::CompleteGpu(const DecodedLookup& lookup, LookupScratch*
     }
     scratch->promote.assign(miss_ids.size(), -1);
     if (status.ok()) {
-      for (size_t i = 0; i < miss_ids.size(); ++i) scratch->promote[i] = gpu_slots_->Reserve(miss_ids[i]);
+      for (size_t i = 0; i < miss_ids.size(); ++i)
+        scratch->promote[i] = gpu_slots_->Reserve(miss_ids[i]);
     }
   }
   if (status.ok()) {

@@ -71,7 +71,8 @@ std::vector<int> TokenCounts() {
 
 // Times --connect's server; checks rows against the synthetic function when asked.
 int RunConnected(const std::string& address) {
-  auto stub = v1::MemoryService::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::MemoryService::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   v1::InfoResponse info;
   {
     grpc::ClientContext context;
@@ -109,16 +110,18 @@ int RunConnected(const std::string& address) {
     std::vector<uint16_t> row(width);
     int64_t wrong = 0;
     for (int t = 0; t < 256; ++t) {
-      ultramem::FillSyntheticBf16(spec, static_cast<int>(b.layer()), batch.rows[t], batch.rows[t] + 1,
-                                  static_cast<int>(b.col_begin()), static_cast<int>(b.col_end()),
-                                  row.data());
+      ultramem::FillSyntheticBf16(spec, static_cast<int>(b.layer()), batch.rows[t],
+                                  batch.rows[t] + 1, static_cast<int>(b.col_begin()),
+                                  static_cast<int>(b.col_end()), row.data());
       for (int c = 0; c < width; ++c) {
         wrong += y[(static_cast<size_t>(t) * info.expand() + t % info.expand()) * width + c] !=
                  ultramem::Bf16ToF32(row[c]);
       }
     }
-    std::printf("verify: 256 random rows read back through the server: %lld values differ from "
-                "the synthetic function\n", static_cast<long long>(wrong));
+    std::printf(
+        "verify: 256 random rows read back through the server: %lld values differ from "
+        "the synthetic function\n",
+        static_cast<long long>(wrong));
     if (wrong != 0) return 1;
   }
   std::printf("%8s %12s %12s\n", "tokens", "p50 us", "p99 us");
@@ -149,10 +152,11 @@ int main(int argc, char** argv) {
   if (!absl::GetFlag(FLAGS_connect).empty()) return RunConnected(absl::GetFlag(FLAGS_connect));
   const auto t0 = Clock::now();
   bench::BenchStore data(absl::GetFlag(FLAGS_knum), absl::GetFlag(FLAGS_value_dim), /*seed=*/7);
-  std::printf("bench (d) GPU vs CPU hot tier through gRPC (unix socket): synthetic store of %lld "
-              "rows x %d bf16 (%.2f GB), 64 selections a token, bf16 replies\n",
-              static_cast<long long>(data.manifest.num_rows), data.manifest.value_dim,
-              data.manifest.TotalBytes() / 1e9);
+  std::printf(
+      "bench (d) GPU vs CPU hot tier through gRPC (unix socket): synthetic store of %lld "
+      "rows x %d bf16 (%.2f GB), 64 selections a token, bf16 replies\n",
+      static_cast<long long>(data.manifest.num_rows), data.manifest.value_dim,
+      data.manifest.TotalBytes() / 1e9);
   std::unique_ptr<MemoryServer> servers[2];
   const char* names[2] = {"cpu", "cuda"};
   for (int i = 0; i < 2; ++i) {

@@ -115,9 +115,9 @@ class CudaHotTier final : public GpuHotTier {
       return absl::InvalidArgumentError("GPU hot tier: fill outside the slots");
     }
     MS_CUDA_CHECK(cudaSetDevice(options_.device));
-    if (absl::Status s = LaunchFillSynthetic(spec, layer, row_begin, n, options_.col_begin,
-                                             options_.width, Table() + first_slot * options_.width,
-                                             nullptr);
+    if (absl::Status s =
+            LaunchFillSynthetic(spec, layer, row_begin, n, options_.col_begin, options_.width,
+                                Table() + first_slot * options_.width, nullptr);
         !s.ok()) {
       return s;
     }
@@ -133,7 +133,8 @@ class CudaHotTier final : public GpuHotTier {
     }
     const int64_t limit = o.num_slots + X;
     for (int i = 0; i < S; ++i) {
-      if (call.slots[i] >= limit || (call.slots[i] >= 0 && (call.groups[i] < 0 || call.groups[i] >= o.expand))) {
+      if (call.slots[i] >= limit ||
+          (call.slots[i] >= 0 && (call.groups[i] < 0 || call.groups[i] >= o.expand))) {
         return absl::InvalidArgumentError(absl::StrCat("GPU hot tier: selection ", i, " has slot ",
                                                        call.slots[i], ", group ", call.groups[i]));
       }
@@ -144,7 +145,8 @@ class CudaHotTier final : public GpuHotTier {
     const size_t off_slots = Align16(off_offsets + (T + 1) * sizeof(int32_t));
     const size_t off_groups = Align16(off_slots + S * sizeof(int64_t));
     const size_t off_scores = Align16(off_groups + S * sizeof(int32_t));
-    const size_t off_promote = Align16(off_scores + static_cast<size_t>(S) * o.cores * sizeof(float));
+    const size_t off_promote =
+        Align16(off_scores + static_cast<size_t>(S) * o.cores * sizeof(float));
     const size_t off_extra = Align16(off_promote + X * sizeof(int64_t));
     const size_t in_bytes = off_extra + X * row_bytes;
     const size_t out_bytes = static_cast<size_t>(T) * o.expand * o.width * sizeof(float);
@@ -188,19 +190,21 @@ class CudaHotTier final : public GpuHotTier {
     if (absl::Status s = LaunchPool(p, c.stream); !s.ok()) return Fail(c, s);
     if (promote) {
       // After the kernel on the same stream: no lookup reads these slots before Publish.
-      if (absl::Status s = LaunchCopyRows(p.extra, reinterpret_cast<const int64_t*>(d + off_promote),
-                                          X, o.width, Table(), c.stream);
+      if (absl::Status s =
+              LaunchCopyRows(p.extra, reinterpret_cast<const int64_t*>(d + off_promote), X, o.width,
+                             Table(), c.stream);
           !s.ok()) {
         return Fail(c, s);
       }
     }
     if (out_bytes > 0) {
-      MS_CUDA_CHECK(cudaMemcpyAsync(c.host_out.p, c.dev_out.p, out_bytes, cudaMemcpyDeviceToHost,
-                                    c.stream));
+      MS_CUDA_CHECK(
+          cudaMemcpyAsync(c.host_out.p, c.dev_out.p, out_bytes, cudaMemcpyDeviceToHost, c.stream));
     }
     MS_CUDA_CHECK(cudaStreamSynchronize(c.stream));
     if (device_seconds != nullptr) {
-      *device_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      *device_seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }
     std::memcpy(call.out, c.host_out.p, out_bytes);
     return absl::OkStatus();
@@ -250,13 +254,13 @@ absl::Status CheckCudaDevice(int index) {
   const cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess) {
     cudaGetLastError();
-    return absl::FailedPreconditionError(absl::StrCat(
-        "device cuda:", index, ": no usable CUDA device (", cudaGetErrorName(e), ": ",
-        cudaGetErrorString(e), "); serve with --device=cpu"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("device cuda:", index, ": no usable CUDA device (", cudaGetErrorName(e), ": ",
+                     cudaGetErrorString(e), "); serve with --device=cpu"));
   }
   if (index >= count) {
-    return absl::FailedPreconditionError(absl::StrCat("device cuda:", index, ": this machine has ",
-                                                      count, " CUDA device(s)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("device cuda:", index, ": this machine has ", count, " CUDA device(s)"));
   }
   return absl::OkStatus();
 }

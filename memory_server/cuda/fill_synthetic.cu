@@ -58,7 +58,8 @@ absl::Status LaunchFillSynthetic(const SyntheticValues& spec, int layer, int64_t
     const int64_t total = rows * width;
     const int blocks = static_cast<int>(std::min<int64_t>((total + 255) / 256, max_blocks));
     FillScalarKernel<<<blocks, 256, 0, stream>>>(spec.seed, spec.scale, layer, row_begin, rows,
-                                                 col_begin, width, reinterpret_cast<uint16_t*>(out));
+                                                 col_begin, width,
+                                                 reinterpret_cast<uint16_t*>(out));
   }
   MS_CUDA_CHECK(cudaGetLastError());
   return absl::OkStatus();

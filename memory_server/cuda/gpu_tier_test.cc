@@ -34,9 +34,10 @@ bool SkipWithoutDevice() {
   return true;
 }
 
-#define SKIP_WITHOUT_DEVICE()                                                            \
-  if (SkipWithoutDevice()) GTEST_SKIP() << "no CUDA device: GPU tests run on the GPU machine " \
-                                           "(bench/gpu/memory_gpu.sh)"
+#define SKIP_WITHOUT_DEVICE()                                         \
+  if (SkipWithoutDevice())                                            \
+  GTEST_SKIP() << "no CUDA device: GPU tests run on the GPU machine " \
+                  "(bench/gpu/memory_gpu.sh)"
 
 // T tokens with ragged selection counts (some empty) when `ragged`, else K each.
 Selections MakeSelections(std::mt19937_64& rng, int layer, int T, int K, int64_t row_begin,
@@ -65,9 +66,10 @@ std::unique_ptr<ValueStore> OpenStore(const std::string& dir, const std::string&
 
 // Runs a lookup of `sel` on `store`; gtest-fails on an error.
 std::vector<float> RunLookup(const ValueStore& store, const Selections& sel, bool uniform,
-                       LookupScratch* scratch, LookupStats* stats) {
+                             LookupScratch* scratch, LookupStats* stats) {
   DecodedLookup decoded;
-  absl::Status s = DecodeLookupRequest(MakeRequest(sel, 2, uniform), store.manifest(), {}, &decoded);
+  absl::Status s =
+      DecodeLookupRequest(MakeRequest(sel, 2, uniform), store.manifest(), {}, &decoded);
   EXPECT_TRUE(s.ok()) << s;
   std::vector<float> out(static_cast<size_t>(sel.num_tokens) * store.manifest().expand *
                          store.width());
@@ -189,9 +191,9 @@ TEST_P(GpuTierTest, ConcurrentLookupsStayEqual) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, GpuTierTest,
-                         ::testing::Values(Shape{64, 16, 48},    // vector kernel, cores split
-                                           Shape{512, 0, 512},   // decode-sized rows
-                                           Shape{64, 3, 45}),    // scalar kernel (unaligned)
+                         ::testing::Values(Shape{64, 16, 48},   // vector kernel, cores split
+                                           Shape{512, 0, 512},  // decode-sized rows
+                                           Shape{64, 3, 45}),   // scalar kernel (unaligned)
                          [](const auto& info) {
                            return "Dv" + std::to_string(info.param.value_dim) + "_cols" +
                                   std::to_string(info.param.col_begin) + "_" +
@@ -205,7 +207,8 @@ TEST(GpuTierSynthetic, DeviceFillEqualsTheHostFunctionAndTheCpuTier) {
   RandomCheckpointOptions ckpt;
   ckpt.split_files = true;
   ckpt.synthetic_values = spec;
-  ASSERT_TRUE(WriteRandomCheckpoint(dir.path() + "/model", testing::SmallConfig(64, 256), ckpt).ok());
+  ASSERT_TRUE(
+      WriteRandomCheckpoint(dir.path() + "/model", testing::SmallConfig(64, 256), ckpt).ok());
   ImportOptions options;
   options.checkpoint_dir = dir.path() + "/model";
   options.store_dir = dir.path() + "/store";
@@ -258,7 +261,8 @@ TEST(GpuTierSynthetic, DeviceFillEqualsTheHostFunctionAndTheCpuTier) {
   for (int i = 0; i < 100; ++i) {
     Selections sel = MakeSelections(rng, i % 2, 1 + i % 7, 32, 0, N, i % 5 == 0);
     const auto want = RunLookup(*cpu, sel, i % 5 != 0, &cs, nullptr);
-    ASSERT_LE(RelativeError(RunLookup(*gpu, sel, i % 5 != 0, &scratch, nullptr), want), kBound) << i;
+    ASSERT_LE(RelativeError(RunLookup(*gpu, sel, i % 5 != 0, &scratch, nullptr), want), kBound)
+        << i;
     ASSERT_LE(RelativeError(RunLookup(*small, sel, i % 5 != 0, &ss, &stats), want), kBound) << i;
   }
   EXPECT_GT(stats.cold_rows, 0);

@@ -2,8 +2,9 @@
 // (one 16-byte load per selected row), keeps 4 row loads in flight, and accumulates per group in
 // shared memory (threads own disjoint columns: no atomics). For a few tokens the block is split
 // into up to 4 slices over the token's selections (partial sums added at the end), otherwise
-// selections are visited in order, as common/pooling.h's CPU kernel visits them. Chunk weights are constant over a thread's 8 columns
-// when the chunk width and the first column are multiples of 8; otherwise a scalar kernel.
+// selections are visited in order, as common/pooling.h's CPU kernel visits them. Chunk weights are
+// constant over a thread's 8 columns when the chunk width and the first column are multiples of 8;
+// otherwise a scalar kernel.
 #include "memory_server/cuda/pool_kernel.cuh"
 
 #include <algorithm>
@@ -30,7 +31,8 @@ __device__ __forceinline__ const __nv_bfloat16* Row(const PoolLaunch& p, int64_t
   return slot < p.num_slots ? p.table + slot * p.width : p.extra + (slot - p.num_slots) * p.width;
 }
 
-__device__ __forceinline__ void TokenRange(const PoolLaunch& p, int t, int64_t* begin, int64_t* end) {
+__device__ __forceinline__ void TokenRange(const PoolLaunch& p, int t, int64_t* begin,
+                                           int64_t* end) {
   if (p.offsets != nullptr) {
     *begin = p.offsets[t];
     *end = p.offsets[t + 1];
@@ -178,8 +180,7 @@ absl::Status LaunchPool(const PoolLaunch& p, cudaStream_t stream) {
     const int threads = std::min(kMaxThreads, std::max(32, (p.width / 8 + 31) / 32 * 32));
     int slices = 1;
     if (p.num_tokens < kFewTokens) {
-      while (slices < 4 && 2 * slices * threads <= kMaxThreads &&
-             2 * slices * smem <= 48 * 1024) {
+      while (slices < 4 && 2 * slices * threads <= kMaxThreads && 2 * slices * smem <= 48 * 1024) {
         slices *= 2;
       }
     }

@@ -24,11 +24,11 @@ struct PoolLaunch {
   int num_tokens = 0;                    // T
   int selections = 0;                    // K when offsets is null
   int expand = 1;
-  int width = 0;                         // columns of a row
-  int col_begin = 0;                     // first column's index in the full row
-  int chunk = 1;                         // Dv / h: columns per Tucker core's score
+  int width = 0;      // columns of a row
+  int col_begin = 0;  // first column's index in the full row
+  int chunk = 1;      // Dv / h: columns per Tucker core's score
   int cores = 1;
-  float* out = nullptr;                  // [T, expand, width]
+  float* out = nullptr;  // [T, expand, width]
 };
 
 // Bytes of shared memory a launch of this shape needs (expand × width fp32 accumulators).

@@ -50,7 +50,7 @@ class HostEmulatedGpuTier final : public GpuHotTier {
     for (int s = 0; s < call.num_selections; ++s) {
       const int64_t slot = call.slots[s];
       if (slot >= o_.num_slots + call.num_extra) return absl::InvalidArgumentError("slot");
-      rows[s] = slot < 0 ? nullptr
+      rows[s] = slot < 0              ? nullptr
                 : slot < o_.num_slots ? table_.data() + slot * o_.width
                                       : call.extra_rows + (slot - o_.num_slots) * o_.width;
     }
@@ -121,7 +121,8 @@ class GpuPathTest : public ::testing::TestWithParam<bool /*synthetic*/> {
   static std::vector<float> Lookup(const ValueStore& store, const Selections& sel, bool uniform,
                                    LookupScratch* scratch, LookupStats* stats) {
     DecodedLookup decoded;
-    EXPECT_TRUE(DecodeLookupRequest(MakeRequest(sel, 2, uniform), store.manifest(), {}, &decoded).ok());
+    EXPECT_TRUE(
+        DecodeLookupRequest(MakeRequest(sel, 2, uniform), store.manifest(), {}, &decoded).ok());
     std::vector<float> out(static_cast<size_t>(sel.num_tokens) * 4 * store.width());
     absl::Status s = store.Lookup(decoded, scratch, out.data(), stats);
     EXPECT_TRUE(s.ok()) << s;
@@ -158,7 +159,8 @@ TEST_P(GpuPathTest, EqualsTheCpuTierAtEveryCapacity) {
       for (int i = 0; i < 50; ++i) {
         Selections sel = RandomSelections(rng, i % 2, 1 + i % 5, 20, kRowBegin, kRowEnd, 4, 2);
         const bool uniform = i % 3 != 0;
-        ASSERT_EQ(Lookup(*gpu, sel, uniform, &gs, &stats), Lookup(*cpu_, sel, uniform, &cs, nullptr))
+        ASSERT_EQ(Lookup(*gpu, sel, uniform, &gs, &stats),
+                  Lookup(*cpu_, sel, uniform, &cs, nullptr))
             << "pass " << pass << " lookup " << i;
       }
     }

@@ -126,8 +126,9 @@ TEST_F(SyntheticStoreTest, LookupsEqualPoolingTheFunctionsRowsAtEveryCapacity) {
     for (int i = 0; i < 40; ++i) {
       Selections sel = RandomSelections(rng, i % 2, 3, 16, kRowBegin, kRowEnd, 4, 2);
       DecodedLookup decoded;
-      ASSERT_TRUE(DecodeLookupRequest(MakeRequest(sel, 2, i % 3 != 0), (*store)->manifest(), {},
-                                      &decoded).ok());
+      ASSERT_TRUE(
+          DecodeLookupRequest(MakeRequest(sel, 2, i % 3 != 0), (*store)->manifest(), {}, &decoded)
+              .ok());
       std::vector<float> out(3 * 4 * (kColEnd - kColBegin));
       absl::Status status = (*store)->Lookup(decoded, &scratch, out.data(), &stats);
       ASSERT_TRUE(status.ok()) << status;
