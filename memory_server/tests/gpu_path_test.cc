@@ -174,7 +174,9 @@ TEST_P(GpuPathTest, EqualsTheCpuTierAtEveryCapacity) {
     } else {
       EXPECT_GT(promoted, 0);
       // Promoted rows hit on the second pass (5 slots keep too little for that).
-      if (c.capacity == total / 8) EXPECT_GT(stats.hot_rows, 0);
+      if (c.capacity == total / 8) {
+        EXPECT_GT(stats.hot_rows, 0);
+      }
       EXPECT_LE(gpu->hot_info().bytes_used, c.capacity);
     }
   }

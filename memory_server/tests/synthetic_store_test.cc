@@ -138,8 +138,12 @@ TEST_F(SyntheticStoreTest, LookupsEqualPoolingTheFunctionsRowsAtEveryCapacity) {
       ASSERT_LT(MaxAbsDiff(out, testing::DirectPool(*checkpoint_, sel, kColBegin, kColEnd, true)),
                 1e-5);
     }
-    if (capacity == total) EXPECT_EQ(stats.cold_rows, 0);
-    if (capacity == 0) EXPECT_EQ(stats.hot_rows, 0);
+    if (capacity == total) {
+      EXPECT_EQ(stats.cold_rows, 0);
+    }
+    if (capacity == 0) {
+      EXPECT_EQ(stats.hot_rows, 0);
+    }
   }
 }
 
