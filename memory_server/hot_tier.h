@@ -1,5 +1,5 @@
-// The hot tier: value rows resident in fast memory (host RAM now; a GPU tier implements the same
-// interface later), in front of the RocksDB cold tier.
+// The host hot tier: value rows resident in host RAM, in front of the RocksDB cold tier. (The GPU
+// hot tier is gpu_hot_tier.h + slot_map.h: device rows are not host pointers.)
 #pragma once
 
 #include <cstdint>

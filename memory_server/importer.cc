@@ -77,6 +77,7 @@ std::string PlanJson(const StoreManifest& m, int64_t chunk_rows) {
   j["dtype"] = std::string(StoreDTypeName(m.dtype));
   j["rows_per_key"] = m.rows_per_key;
   j["chunk_rows"] = chunk_rows;
+  if (m.synthetic) j["synthetic_values"] = {m.synthetic->seed, static_cast<double>(m.synthetic->scale)};
   for (const BlockSpec& b : m.blocks) {
     j["blocks"].push_back({b.layer, b.row_begin, b.row_end, b.col_begin, b.col_end});
   }
@@ -107,6 +108,8 @@ class Importer {
   absl::StatusOr<StoreManifest> Plan(const Checkpoint& checkpoint);
   // Reads the stored bytes of rows [r0, r1) of `block` back (in row order).
   absl::StatusOr<std::string> ReadBack(const BlockSpec& block, int64_t r0, int64_t r1);
+  // Writes MANIFEST.json (the version is complete) and switches CURRENT when asked.
+  absl::StatusOr<ImportResult> Publish(Clock::time_point start, ImportResult result);
 
   const ImportOptions& options_;
   StoreManifest manifest_;
@@ -162,7 +165,17 @@ absl::StatusOr<StoreManifest> Importer::Plan(const Checkpoint& checkpoint) {
     m.blocks.push_back({layer, row_begin, row_end, col_begin, col_end, 0});
   }
   // dtype
-  if (options_.store_dtype == "auto") {
+  m.synthetic = checkpoint.synthetic_values();
+  if (m.synthetic) {
+    // The function yields bf16 values; an F32 store of them would only double the bytes.
+    if (options_.store_dtype != "auto" && options_.store_dtype != "bf16" &&
+        options_.store_dtype != "BF16") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "checkpoint ", options_.checkpoint_dir, " declares synthetic values (bf16): a synthetic "
+          "store is BF16, not --store_dtype=", options_.store_dtype));
+    }
+    m.dtype = StoreDType::kBF16;
+  } else if (options_.store_dtype == "auto") {
     UM_ASSIGN_OR_RETURN(TensorView values,
                         checkpoint.Get(absl::StrCat("memory.", layers[0], ".values")));
     m.dtype = values.entry->dtype == DType::kBF16 ? StoreDType::kBF16 : StoreDType::kF32;
@@ -222,11 +235,18 @@ absl::StatusOr<ImportResult> Importer::Run() {
   }
 
   std::error_code ec;
+  if (manifest_.synthetic &&
+      std::filesystem::exists(VersionDbDir(options_.store_dir, options_.version), ec)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "store version ", options_.version, " holds an unfinished import of stored rows; pick a "
+        "new --version for the synthetic store"));
+  }
   std::filesystem::create_directories(VersionDir(options_.store_dir, options_.version), ec);
   if (ec) {
     return absl::InternalError(absl::StrCat("creating ", VersionDir(options_.store_dir, options_.version),
                                             ": ", ec.message()));
   }
+  if (manifest_.synthetic) return Publish(start, std::move(result));
   rocksdb::Options rocks;
   FillRocksOptions(options_.cold, &rocks);
   rocks.create_if_missing = true;
@@ -333,6 +353,10 @@ absl::StatusOr<ImportResult> Importer::Run() {
   UM_RETURN_IF_ERROR(FromRocks(db_->SyncWAL(), "syncing the store"));
   UM_RETURN_IF_ERROR(FromRocks(db_->Close(), "closing the store"));
   db_.reset();
+  return Publish(start, std::move(result));
+}
+
+absl::StatusOr<ImportResult> Importer::Publish(Clock::time_point start, ImportResult result) {
   UM_RETURN_IF_ERROR(WriteFileAtomically(ManifestPath(options_.store_dir, options_.version),
                                          ManifestToJson(manifest_)));
   if (options_.activate) UM_RETURN_IF_ERROR(WriteCurrent(options_.store_dir, options_.version));

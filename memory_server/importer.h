@@ -27,6 +27,8 @@ struct ImportOptions {
   int64_t row_end = -1;
   int col_begin = 0;        // columns [col_begin, col_end); -1 = Dv
   int col_end = -1;
+  // A checkpoint that declares synthetic values (common/synthetic_values.h) makes a synthetic
+  // store: MANIFEST.json records the function, no row is written (instant, any size).
   // "auto" keeps BF16 tables as BF16 and stores everything else as F32 (exact); "f32" or "bf16"
   // forces one (bf16 halves the store and the memory traffic and rounds F32 tables).
   std::string store_dtype = "auto";

@@ -120,9 +120,12 @@ class MemoryServer::Impl final : public v1::MemoryService::CallbackService {
 absl::Status MemoryServer::Impl::Start() {
   if (options_.store_dir.empty()) return absl::InvalidArgumentError("no store directory given");
   if (options_.listen_addresses.empty()) return absl::InvalidArgumentError("no listening address");
-  if (options_.max_in_flight <= 0 || options_.cold_threads <= 0) {
-    return absl::InvalidArgumentError("max_in_flight and cold_threads must be positive");
+  if (options_.max_in_flight <= 0 || options_.cold_threads <= 0 || options_.store.gpu_streams <= 0) {
+    return absl::InvalidArgumentError("max_in_flight, cold_threads and gpu_streams must be positive");
   }
+  // A device that is not there fails here, before any port is bound.
+  UM_ASSIGN_OR_RETURN(const DeviceSpec device, ParseDevice(options_.store.device));
+  UM_RETURN_IF_ERROR(CheckDeviceAvailable(device));
   EnableStandardGrpcServices();
   registry_ = std::make_shared<prometheus::Registry>();
   metrics_ = std::make_unique<MemoryMetrics>(*registry_);
@@ -182,9 +185,9 @@ void MemoryServer::Impl::Serve(std::shared_ptr<const ValueStore> store) {
   }
   if (!previous.empty()) metrics_->store_info.Add({{"version", previous}}).Set(0);
   metrics_->store_info.Add({{"version", version}}).Set(1);
-  auto current = this->store();
-  metrics_->hot_bytes.Set(static_cast<double>(current->hot().bytes_used()));
-  metrics_->hot_capacity_bytes.Set(static_cast<double>(current->hot().capacity_bytes()));
+  const HotTierInfo hot = this->store()->hot_info();
+  metrics_->hot_bytes.Set(static_cast<double>(hot.bytes_used));
+  metrics_->hot_capacity_bytes.Set(static_cast<double>(hot.capacity_bytes));
 }
 
 absl::Status MemoryServer::Impl::Load() {
@@ -292,7 +295,7 @@ absl::Status MemoryServer::Impl::Complete(LookupCall& call, v1::LookupResponse* 
   }
   if (!status.ok()) return status;
   metrics_->CountRows(stats.hot_rows, stats.cold_rows);
-  if (stats.cold_rows > 0) metrics_->hot_bytes.Set(static_cast<double>(store.hot().bytes_used()));
+  if (stats.cold_rows > 0) metrics_->hot_bytes.Set(static_cast<double>(store.hot_info().bytes_used));
   response->set_num_tokens(static_cast<uint32_t>(call.decoded.num_tokens));
   response->set_expand(static_cast<uint32_t>(m.expand));
   response->set_col_begin(static_cast<uint32_t>(block.col_begin));
@@ -369,10 +372,11 @@ grpc::ServerUnaryReactor* MemoryServer::Impl::Info(grpc::CallbackServerContext* 
   response->set_num_cores(static_cast<uint32_t>(m.cores));
   response->set_num_memory_layers(static_cast<uint32_t>(m.num_memory_layers));
   response->set_store_dtype(ToProto(m.dtype));
-  response->set_hot_capacity_bytes(store->hot().capacity_bytes());
-  response->set_hot_bytes(store->hot().bytes_used());
-  response->set_fully_hot(store->hot().complete());
-  response->set_hot_tier(std::string(store->hot().kind()));
+  const HotTierInfo hot = store->hot_info();
+  response->set_hot_capacity_bytes(hot.capacity_bytes);
+  response->set_hot_bytes(hot.bytes_used);
+  response->set_fully_hot(hot.complete);
+  response->set_hot_tier(hot.kind);
   response->set_max_batch_tokens(options_.limits.max_batch_tokens);
   response->set_max_batch_selections(options_.limits.max_batch_selections);
   reactor->Finish(grpc::Status::OK);

@@ -33,7 +33,8 @@ struct MemoryServerOptions {
   int64_t drain_timeout_ms = 30000;
   // How often CURRENT is checked for a new version (0: only on Reload(), e.g. from SIGHUP). A new
   // version is opened and preloaded beside the old one, then swapped in: no lookup fails (the
-  // switch needs RAM for both hot tiers until the old version's last lookup ends).
+  // switch needs RAM, or GPU memory with --device=cuda, for both hot tiers until the old
+  // version's last lookup ends).
   int64_t current_poll_ms = 1000;
   // Largest request or reply accepted.
   int max_message_bytes = 64 << 20;

@@ -13,6 +13,13 @@ prometheus::Histogram::BucketBoundaries LatencyBuckets() {
   return b;
 }
 
+prometheus::Histogram::BucketBoundaries DeviceBuckets() {
+  // 2 µs .. ~1 s, ×2 steps: a GPU lookup's copies and kernel take tens of microseconds.
+  prometheus::Histogram::BucketBoundaries b;
+  for (double v = 2e-6; v < 1.1; v *= 2) b.push_back(v);
+  return b;
+}
+
 const char* CodeName(absl::StatusCode code) {
   static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
                                  "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
@@ -40,6 +47,12 @@ MemoryMetrics::MemoryMetrics(prometheus::Registry& registry)
                                .Help("Latency of one batched RocksDB read of missed rows")
                                .Register(registry)
                                .Add({}, LatencyBuckets())),
+      gpu_pool_latency(prometheus::BuildHistogram()
+                           .Name("ultramem_memory_gpu_pool_latency_seconds")
+                           .Help("GPU hot tier: one lookup's copies and pooling kernel on the "
+                                 "device, from the first copy to the reply in pinned memory")
+                           .Register(registry)
+                           .Add({}, DeviceBuckets())),
       rows_hot(rows_family_.Add({{"tier", "hot"}})),
       rows_cold(rows_family_.Add({{"tier", "cold"}})),
       hot_hit_ratio(prometheus::BuildGauge()

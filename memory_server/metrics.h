@@ -25,7 +25,11 @@ class MemoryMetrics {
   prometheus::Histogram& lookup_latency;
   // ultramem_memory_rocksdb_read_latency_seconds: one batched cold read (MultiGet) of a lookup.
   prometheus::Histogram& rocksdb_read_latency;
-  // ultramem_memory_rows_served_total{tier="hot"|"cold"}: selections served, by tier.
+  // ultramem_memory_gpu_pool_latency_seconds: GPU hot tier only: one lookup's H2D copy, kernel
+  // and D2H copy as the host waited for them (no samples with --device=cpu).
+  prometheus::Histogram& gpu_pool_latency;
+  // ultramem_memory_rows_served_total{tier="hot"|"cold"}: selections served, by tier (cold:
+  // read from RocksDB, or computed for a synthetic store).
   prometheus::Counter& rows_hot;
   prometheus::Counter& rows_cold;
   // ultramem_memory_hot_hit_ratio: hot / (hot + cold) selections since start.

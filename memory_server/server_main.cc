@@ -21,7 +21,10 @@ ABSL_FLAG(std::string, store_dir, "", "store directory written by ultramem-impor
 ABSL_FLAG(std::string, version, "", "store version to serve (default: follow CURRENT)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:7070", "gRPC addresses, comma separated (host:port, unix:path)");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9470", "Prometheus host:port; empty disables");
-ABSL_FLAG(int64_t, hot_capacity_bytes, 4ll << 30, "hot-tier bytes; a shard that fits is preloaded");
+ABSL_FLAG(std::string, device, "cpu", "where hot rows live and are pooled: cpu, cuda or cuda:N");
+ABSL_FLAG(int64_t, hot_capacity_bytes, 4ll << 30,
+          "hot-tier bytes (of --device's memory); a shard that fits is preloaded");
+ABSL_FLAG(int32_t, gpu_streams, 4, "with --device=cuda: lookups on the GPU at once (streams)");
 ABSL_FLAG(int64_t, block_cache_bytes, 256ll << 20, "RocksDB block cache bytes");
 ABSL_FLAG(int32_t, bloom_bits_per_key, 10, "RocksDB bloom filter bits per key");
 ABSL_FLAG(uint32_t, max_batch_tokens, 1024, "tokens per Lookup; more get RESOURCE_EXHAUSTED");
@@ -51,7 +54,9 @@ int main(int argc, char** argv) {
   options.version = absl::GetFlag(FLAGS_version);
   options.listen_addresses = absl::StrSplit(absl::GetFlag(FLAGS_listen), ',', absl::SkipEmpty());
   options.metrics_address = absl::GetFlag(FLAGS_metrics_listen);
+  options.store.device = absl::GetFlag(FLAGS_device);
   options.store.hot_capacity_bytes = absl::GetFlag(FLAGS_hot_capacity_bytes);
+  options.store.gpu_streams = absl::GetFlag(FLAGS_gpu_streams);
   options.store.cold.block_cache_bytes = absl::GetFlag(FLAGS_block_cache_bytes);
   options.store.cold.bloom_bits_per_key = absl::GetFlag(FLAGS_bloom_bits_per_key);
   options.limits.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);

@@ -91,6 +91,10 @@ std::string ManifestToJson(const StoreManifest& m) {
   j["num_memory_layers"] = m.num_memory_layers;
   j["dtype"] = std::string(StoreDTypeName(m.dtype));
   j["rows_per_key"] = m.rows_per_key;
+  if (m.synthetic) {
+    j["synthetic_values"] = {{"seed", m.synthetic->seed},
+                             {"scale", static_cast<double>(m.synthetic->scale)}};
+  }
   j["blocks"] = nlohmann::json::array();
   for (const BlockSpec& b : m.blocks) {
     j["blocks"].push_back({{"layer", b.layer},
@@ -124,6 +128,11 @@ absl::StatusOr<StoreManifest> ManifestFromJson(absl::string_view json, absl::str
     if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", dtype.status().message()));
     m.dtype = *dtype;
     m.rows_per_key = j.at("rows_per_key").get<int>();
+    if (j.contains("synthetic_values")) {
+      const auto& sv = j.at("synthetic_values");
+      m.synthetic = SyntheticValues{sv.at("seed").get<uint64_t>(),
+                                    static_cast<float>(sv.at("scale").get<double>())};
+    }
     for (const auto& b : j.at("blocks")) {
       BlockSpec s;
       s.layer = b.at("layer").get<int>();
@@ -144,6 +153,10 @@ absl::StatusOr<StoreManifest> ManifestFromJson(absl::string_view json, absl::str
   if (m.num_rows <= 0 || m.expand <= 0 || m.value_dim <= 0 || m.cores <= 0 ||
       m.value_dim % m.cores != 0 || m.rows_per_key <= 0 || m.blocks.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": inconsistent dimensions or no blocks"));
+  }
+  if (m.synthetic && (m.dtype != StoreDType::kBF16 || !(m.synthetic->scale > 0))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": a synthetic store must be BF16 with a positive scale"));
   }
   for (size_t i = 0; i < m.blocks.size(); ++i) {
     const BlockSpec& b = m.blocks[i];

@@ -10,14 +10,22 @@
 //                                 block of `layer`, clipped to the block; row-major, stored dtype
 //   'P' layer:u32 chunk:u64       import progress: chunk done, value crc32c:u32 of its rows' bytes
 //   'A'                           the import plan (JSON); a resumed import must match it
+//
+// A synthetic store (imported from a checkpoint that declares synthetic_values.json, see
+// common/synthetic_values.h) has a manifest with "synthetic_values": {"seed", "scale"} and no db/:
+// its rows are SyntheticValueBf16(seed, scale, layer, row, col), computed by whoever holds them
+// (the hot tier fills itself, misses are computed). Its blocks' crc32c are 0: there are no stored
+// bytes to check, and computing them would cost a pass over the whole shard (144 GiB in issue #8).
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/synthetic_values.h"
 
 namespace ultramem::memory {
 
@@ -33,7 +41,8 @@ struct BlockSpec {
   int64_t row_end = 0;
   int col_begin = 0;      // columns [col_begin, col_end); the same for every block of a store
   int col_end = 0;
-  uint32_t crc32c = 0;    // of the block's stored bytes, row-major (filled in by the import)
+  uint32_t crc32c = 0;    // of the block's stored bytes, row-major (filled in by the import);
+                          // 0 in a synthetic store
 
   int64_t num_rows() const { return row_end - row_begin; }
   int width() const { return col_end - col_begin; }
@@ -52,6 +61,8 @@ struct StoreManifest {
   StoreDType dtype = StoreDType::kF32;
   int rows_per_key = 1;
   std::vector<BlockSpec> blocks;  // at most one per layer, ascending layer
+  // Set: a synthetic store (no RocksDB rows; dtype BF16; values computed, see above).
+  std::optional<SyntheticValues> synthetic;
 
   size_t RowBytes() const;  // one stored row: width × dtype size
   int64_t TotalBytes() const;  // all stored rows

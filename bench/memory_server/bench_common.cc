@@ -13,7 +13,7 @@
 
 namespace ultramem::memory::bench {
 
-BenchStore::BenchStore(int knum, int value_dim) {
+BenchStore::BenchStore(int knum, int value_dim, int64_t synthetic_seed) {
   char tmpl[] = "/tmp/ultramem_ms_bench_XXXXXX";
   dir = mkdtemp(tmpl);
   checkpoint_dir = dir + "/model";
@@ -43,6 +43,9 @@ BenchStore::BenchStore(int knum, int value_dim) {
   options.float_dtype = DType::kBF16;
   options.split_files = true;
   options.scale = 1.0f;
+  if (synthetic_seed >= 0) {
+    options.synthetic_values = SyntheticValues{static_cast<uint64_t>(synthetic_seed), 1.0f};
+  }
   absl::Status written = WriteRandomCheckpoint(checkpoint_dir, c, options);
   if (!written.ok()) {
     std::fprintf(stderr, "checkpoint: %s\n", written.ToString().c_str());

@@ -14,8 +14,10 @@
 namespace ultramem::memory::bench {
 
 struct BenchStore {
-  // knum² rows of `value_dim` bf16 values, E = 4, h = 2, H·m = 2×32.
-  BenchStore(int knum, int value_dim);
+  // knum² rows of `value_dim` bf16 values, E = 4, h = 2, H·m = 2×32. With synthetic_seed >= 0
+  // the values are synthetic (common/synthetic_values.h, scale 1): the import is instant at any
+  // size and the store holds no rows.
+  BenchStore(int knum, int value_dim, int64_t synthetic_seed = -1);
   ~BenchStore();
   std::string dir, checkpoint_dir, store_dir;
   StoreManifest manifest;

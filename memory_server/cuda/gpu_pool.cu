@@ -1,7 +1,4 @@
-// Implementation of gpu_pool.h. Kernel: one block per token; each thread owns 8 consecutive
-// columns (one 16-byte load per selected row), keeps 4 row loads in flight, and accumulates per
-// group in shared memory (threads own disjoint columns: no atomics). Chunk weights are constant
-// over a thread's 8 columns when the chunk width is a multiple of 8; otherwise a scalar kernel.
+// Implementation of gpu_pool.h over pool_kernel.cuh's kernel (the GPU hot tier's kernel).
 #include "memory_server/cuda/gpu_pool.h"
 
 #include <cuda_bf16.h>
@@ -10,92 +7,13 @@
 #include <vector>
 
 #include "memory_server/cuda/cuda_check.h"
+#include "memory_server/cuda/pool_kernel.cuh"
 
 namespace ultramem {
 namespace {
 
-constexpr int kThreads = 128;
-
-__device__ __forceinline__ void Unpack8(const uint4& raw, float* f) {
-  const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int u = 0; u < 4; ++u) {
-    const float2 v = __bfloat1622float2(p[u]);
-    f[2 * u] = v.x;
-    f[2 * u + 1] = v.y;
-  }
-}
-
-__global__ void __launch_bounds__(kThreads)
-    PoolVec8Kernel(const __nv_bfloat16* table, const int64_t* slots, const int32_t* groups,
-                   const float* scores, int selections, int expand, int width, int col_begin,
-                   int chunk, int cores, float* out) {
-  extern __shared__ float acc[];  // [E][width]
-  const int t = blockIdx.x;
-  for (int e = threadIdx.x; e < expand * width; e += kThreads) acc[e] = 0.0f;
-  __syncthreads();
-  const int64_t base = static_cast<int64_t>(t) * selections;
-  for (int c8 = threadIdx.x * 8; c8 < width; c8 += kThreads * 8) {
-    const int core = (col_begin + c8) / chunk;
-    int k = 0;
-    for (; k + 4 <= selections; k += 4) {
-      uint4 raw[4];
-      int64_t slot[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        slot[u] = slots[base + k + u];
-        raw[u] = slot[u] >= 0 ? *reinterpret_cast<const uint4*>(table + slot[u] * width + c8)
-                              : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        if (slot[u] < 0) continue;
-        const float w = scores[(base + k + u) * cores + core];
-        float* a = acc + groups[base + k + u] * width + c8;
-        float f[8];
-        Unpack8(raw[u], f);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) a[i] += w * f[i];
-      }
-    }
-    for (; k < selections; ++k) {
-      const int64_t slot = slots[base + k];
-      if (slot < 0) continue;
-      const float w = scores[(base + k) * cores + core];
-      float* a = acc + groups[base + k] * width + c8;
-      float f[8];
-      Unpack8(*reinterpret_cast<const uint4*>(table + slot * width + c8), f);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) a[i] += w * f[i];
-    }
-  }
-  __syncthreads();
-  float* y = out + static_cast<int64_t>(t) * expand * width;
-  for (int e = threadIdx.x; e < expand * width; e += kThreads) y[e] = acc[e];
-}
-
-__global__ void PoolScalarKernel(const __nv_bfloat16* table, const int64_t* slots,
-                                 const int32_t* groups, const float* scores, int selections,
-                                 int expand, int width, int col_begin, int chunk, int cores,
-                                 float* out) {
-  extern __shared__ float acc[];
-  const int t = blockIdx.x;
-  for (int e = threadIdx.x; e < expand * width; e += blockDim.x) acc[e] = 0.0f;
-  __syncthreads();
-  const int64_t base = static_cast<int64_t>(t) * selections;
-  for (int k = 0; k < selections; ++k) {
-    const int64_t slot = slots[base + k];
-    if (slot < 0) continue;
-    float* a = acc + groups[base + k] * width;
-    for (int c = threadIdx.x; c < width; c += blockDim.x) {
-      a[c] += scores[(base + k) * cores + (col_begin + c) / chunk] *
-              __bfloat162float(table[slot * width + c]);
-    }
-  }
-  __syncthreads();
-  float* y = out + static_cast<int64_t>(t) * expand * width;
-  for (int e = threadIdx.x; e < expand * width; e += blockDim.x) y[e] = acc[e];
-}
+using memory::cuda::LaunchPool;
+using memory::cuda::PoolLaunch;
 
 template <typename T>
 struct Dev {
@@ -197,26 +115,26 @@ class GpuRowPoolImpl : public GpuRowPool {
   absl::Status Launch() {
     const PoolShape& s = last_;
     if (s.num_tokens == 0) return absl::OkStatus();
-    const int chunk = s.value_dim / s.cores;
-    const size_t smem = sizeof(float) * s.expand * width_;
-    const bool vec = width_ % 8 == 0 && chunk % 8 == 0 && s.col_begin % 8 == 0;
-    if (vec) {
-      if (smem > 48 * 1024) {
-        MS_CUDA_CHECK(cudaFuncSetAttribute(PoolVec8Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-      }
-      PoolVec8Kernel<<<s.num_tokens, kThreads, smem, stream_>>>(
-          reinterpret_cast<const __nv_bfloat16*>(table_.p), d_slots_.p, d_groups_.p, d_scores_.p,
-          s.selections, s.expand, width_, s.col_begin, chunk, s.cores, d_out_.p);
-    } else {
-      if (smem > 48 * 1024) {
-        MS_CUDA_CHECK(cudaFuncSetAttribute(PoolScalarKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-      }
-      PoolScalarKernel<<<s.num_tokens, kThreads, smem, stream_>>>(
-          reinterpret_cast<const __nv_bfloat16*>(table_.p), d_slots_.p, d_groups_.p, d_scores_.p,
-          s.selections, s.expand, width_, s.col_begin, chunk, s.cores, d_out_.p);
+    if (absl::Status st = memory::cuda::PreparePoolKernels(
+            memory::cuda::PoolSharedBytes(s.expand, width_));
+        !st.ok()) {
+      return st;
     }
-    MS_CUDA_CHECK(cudaGetLastError());
-    return absl::OkStatus();
+    PoolLaunch p;
+    p.table = reinterpret_cast<const __nv_bfloat16*>(table_.p);
+    p.num_slots = num_slots_;
+    p.slots = d_slots_.p;
+    p.groups = d_groups_.p;
+    p.scores = d_scores_.p;
+    p.num_tokens = s.num_tokens;
+    p.selections = s.selections;
+    p.expand = s.expand;
+    p.width = width_;
+    p.col_begin = s.col_begin;
+    p.chunk = s.value_dim / s.cores;
+    p.cores = s.cores;
+    p.out = d_out_.p;
+    return LaunchPool(p, stream_);
   }
 
   int64_t num_slots_ = 0;

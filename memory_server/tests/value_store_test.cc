@@ -99,14 +99,14 @@ TEST_P(ValueStoreTest, PooledLookupsEqualTheCheckpointAtEveryCapacity) {
     options.hot_capacity_bytes = c.capacity;
     auto store = ValueStore::Open(store_dir_, "", options, nullptr);
     ASSERT_TRUE(store.ok()) << store.status();
-    EXPECT_EQ((*store)->hot().kind(), c.kind);
+    EXPECT_EQ((*store)->hot_info().kind, c.kind);
     LookupStats stats;
     CheckLookups(**store, 60, 11, &stats);
     CheckLookups(**store, 60, 11, &stats);  // the same rows again: hot hits where admitted
     if (c.capacity == 0) EXPECT_EQ(stats.hot_rows, 0);
     if (c.capacity == total) EXPECT_EQ(stats.cold_rows, 0);
     if (std::string(c.kind) == "clock" && c.capacity >= total / 2) EXPECT_GT(stats.hot_rows, 0);
-    EXPECT_LE((*store)->hot().bytes_used(), std::max<int64_t>(c.capacity, 0));
+    EXPECT_LE((*store)->hot_info().bytes_used, std::max<int64_t>(c.capacity, 0));
   }
 }
 
