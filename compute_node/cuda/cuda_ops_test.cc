@@ -18,6 +18,7 @@
 #include "compute_node/cuda/cuda_check.h"
 #include "compute_node/cuda/device_buffer.h"
 #include "compute_node/cuda/gemm.h"
+#include "compute_node/cuda/gemv.cuh"
 #include "compute_node/cuda/memory_score.cuh"
 #include "compute_node/cuda/memory_topm.cuh"
 #include "compute_node/cuda/pool.cuh"
@@ -146,6 +147,66 @@ TEST(CudaOps, GemmBf16MatchesCpu) {
   }
 }
 
+// The skinny GEMV's fusions: RMSNorm of fp32 rows (through a row map) into its input, the
+// normalized rows written out, and the SwiGLU epilogue over a [gate; up] matrix.
+TEST(CudaOps, GemvFusedNormAndSwiGluMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(Seed());
+  ThreadPool pool(0);
+  const int D = 1024, out = 1000, F = 700;
+  for (int T : {1, 2, 3, 8}) {
+    const int rows_in = T + 2;
+    auto x = RandomBf16(rng, rows_in * D, 2.0f), nw = RandomBf16(rng, D, 0.5f, 1.0f);
+    std::vector<int32_t> rows(T);
+    for (int t = 0; t < T; ++t) rows[t] = (t * 5 + 1) % rows_in;
+    std::vector<float> xn(T * D);
+    for (int t = 0; t < T; ++t) RmsNorm(x.data() + rows[t] * D, nw.data(), D, 1e-5f, xn.data() + t * D);
+    for (float& v : xn) v = Bf16ToF32(F32ToBf16(v));
+    auto w = RandomBf16(rng, out * D, 0.05f), w2 = RandomBf16(rng, 2 * F * D, 0.05f);
+    std::vector<float> want(T * out), gu(T * 2 * F), act(T * F);
+    MatMulWT(pool, xn.data(), T, w.data(), out, D, want.data(), false);
+    MatMulWT(pool, xn.data(), T, w2.data(), 2 * F, D, gu.data(), false);
+    for (int t = 0; t < T; ++t) {
+      SiluMul(gu.data() + t * 2 * F, gu.data() + t * 2 * F + F, F);
+      std::copy(gu.begin() + t * 2 * F, gu.begin() + t * 2 * F + F, act.begin() + t * F);
+    }
+    auto dx = Up(x), dnw = Up(nw);
+    auto drows = Up(rows);
+    auto dw = UpBf16(w), dw2 = UpBf16(w2);
+    DeviceBuffer<float> dy;
+    DeviceBuffer<bf16> dact, dxn;
+    ASSERT_OK(dy.Reserve(T * out));
+    ASSERT_OK(dact.Reserve(T * F));
+    ASSERT_OK(dxn.Reserve(T * D));
+    Poison(dy);
+    Poison(dact);
+    Poison(dxn);
+    GemvArgs a;
+    a.tokens = T;
+    a.out_dim = out;
+    a.in_dim = D;
+    a.w = dw.get();
+    a.x_f32 = dx.get();
+    a.norm_weight = dnw.get();
+    a.eps = 1e-5f;
+    a.rows = drows.get();
+    a.y = dy.get();
+    LaunchGemv(a, nullptr);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    EXPECT_LE(RelErr(Down(dy, T * out), want), 1e-2) << "norm + store, T " << T;
+    a.out_dim = F;
+    a.w = dw2.get();
+    a.normed_out = dxn.get();
+    a.output = GemvOutput::kSwiGlu;
+    a.y = nullptr;
+    a.act = dact.get();
+    LaunchGemv(a, nullptr);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    EXPECT_LE(RelErr(DownBf16(dact, T * F), act), 1e-2) << "norm + swiglu, T " << T;
+    EXPECT_LE(RelErr(DownBf16(dxn, T * D), xn), 1e-2) << "normed rows, T " << T;
+  }
+}
+
 TEST(CudaOps, RmsNormAndSwiGluMatchCpu) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(Seed());
@@ -180,11 +241,12 @@ TEST(CudaOps, RmsNormAndSwiGluMatchCpu) {
 }
 
 // RoPE + KV write + attention for a batch of sequences at different lengths, vs the CPU kernels
-// (ApplyRope, softmax over Dot) on the bf16-rounded cache.
-TEST(CudaOps, RopeAndAttentionMatchCpu) {
-  SKIP_WITHOUT_GPU();
+// (ApplyRope, softmax over Dot) on the bf16-rounded cache: the decode path (RoPE and the K/V
+// append inside the attention kernel) and the prefill path (RoPE kernel, then attention).
+void RunRopeAndAttention(int nh, int nkv, int hd) {
+  SCOPED_TRACE(testing::Message() << "nh " << nh << " nkv " << nkv << " hd " << hd);
   std::mt19937_64 rng(Seed());
-  const int nh = 16, nkv = 4, hd = 64, layers = 2, layer = 1, cap = 700, max_pos = 2048;
+  const int layers = 2, layer = 1, cap = 700, max_pos = 2048;
   const int width = nkv * hd, qkv_width = (nh + 2 * nkv) * hd;
   const std::vector<int> lengths = {1, 5, 130, 512, 699};  // position of each sequence's token
   const int T = static_cast<int>(lengths.size());
@@ -233,9 +295,51 @@ TEST(CudaOps, RopeAndAttentionMatchCpu) {
              want.data() + (t * nh + h) * hd, hd);
     }
   }
-  auto dqkv = Up(qkv);
   auto drope = Up(rope);
   auto dkv = Up(kv);
+  DeviceBuffer<int> counters;
+  ASSERT_OK(counters.Reserve(AttentionCounterInts(T, nkv)));
+  ASSERT_EQ(cudaMemset(counters.get(), 0, counters.size() * sizeof(int)), cudaSuccess);
+  // Decode path: the attention kernel rotates q and k and appends K/V itself (qkv unrotated).
+  for (int splits : {1, 3, 16}) {
+    auto dqkv = Up(qkv);
+    for (int s = 0; s < T; ++s) {
+      // The history again, the new positions poisoned: the kernel must write them.
+      std::vector<uint16_t> b(cache[s].size());
+      for (size_t i = 0; i < b.size(); ++i) b[i] = F32ToBf16(cache[s][i]);
+      for (int side = 0; side < 2; ++side) {
+        const size_t at = ((size_t(layer) * 2 + side) * cap + lengths[s]) * width;
+        for (int e = 0; e < width; ++e) b[at + e] = 0xffff;  // NaN: must be overwritten
+      }
+      ASSERT_EQ(cudaMemcpy(dcache[s].get(), b.data(), b.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    }
+    DeviceBuffer<float> scratch;
+    DeviceBuffer<bf16> out;
+    ASSERT_OK(scratch.Reserve(AttentionScratchFloats(T, nh, hd, splits)));
+    ASSERT_OK(out.Reserve(T * nh * hd));
+    Poison(out);
+    LaunchAttention(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, splits, scratch.get(),
+                    counters.get(), out.get(), nullptr);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    EXPECT_LE(RelErr(DownBf16(out, T * nh * hd), want), 1e-2) << "fused, splits " << splits;
+    for (int s = 0; s < T; ++s) {  // the appended K/V equal the CPU's bf16-rounded rows
+      auto got = DownBf16(dcache[s], cache[s].size());
+      for (int side = 0; side < 2; ++side) {
+        const size_t at = ((size_t(layer) * 2 + side) * cap + lengths[s]) * width;
+        std::vector<float> a(got.begin() + at, got.begin() + at + width);
+        std::vector<float> b(cache[s].begin() + at, cache[s].begin() + at + width);
+        EXPECT_LE(RelErr(a, b), 1e-5) << "appended K/V, sequence " << s << " side " << side;
+      }
+    }
+    // Twice more: the arrival counters are left at zero for the next call.
+    LaunchAttention(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, splits, scratch.get(),
+                    counters.get(), out.get(), nullptr);
+    LaunchAttention(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, splits, scratch.get(),
+                    counters.get(), out.get(), nullptr);
+    EXPECT_LE(RelErr(DownBf16(out, T * nh * hd), want), 1e-2) << "fused again, splits " << splits;
+  }
+  // Prefill path: the RoPE kernel first (q rotated in qkv, K/V appended), then attention.
+  auto dqkv = Up(qkv);
   LaunchRopeAndCache(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, nullptr);
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
   for (int splits : {1, 3, 16}) {
@@ -244,7 +348,8 @@ TEST(CudaOps, RopeAndAttentionMatchCpu) {
     ASSERT_OK(scratch.Reserve(AttentionScratchFloats(T, nh, hd, splits)));
     ASSERT_OK(out.Reserve(T * nh * hd));
     Poison(out);
-    LaunchAttention(dqkv.get(), dkv.get(), T, nh, nkv, hd, layer, splits, scratch.get(), out.get(), nullptr);
+    LaunchAttention(dqkv.get(), dkv.get(), nullptr, T, nh, nkv, hd, layer, splits, scratch.get(),
+                    counters.get(), out.get(), nullptr);
     ASSERT_EQ(cudaGetLastError(), cudaSuccess);
     EXPECT_LE(RelErr(DownBf16(out, T * nh * hd), want), 1e-2) << "splits " << splits;
   }
@@ -255,6 +360,14 @@ TEST(CudaOps, RopeAndAttentionMatchCpu) {
     std::vector<float> b(q_cpu.begin() + t * qkv_width, q_cpu.begin() + t * qkv_width + nh * hd);
     EXPECT_LE(RelErr(a, b), 1e-5);
   }
+}
+
+TEST(CudaOps, RopeAndAttentionMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  RunRopeAndAttention(16, 4, 64);  // the fast kernel at the bench shape
+  RunRopeAndAttention(16, 2, 128);
+  RunRopeAndAttention(8, 4, 32);
+  RunRopeAndAttention(12, 4, 48);  // generic kernels (head_dim 48, group 3)
 }
 
 struct SelectCase {

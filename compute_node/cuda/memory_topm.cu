@@ -5,9 +5,11 @@
 
 #include <cmath>
 
+#include "compute_node/cuda/launch.cuh"
+
 namespace ultramem::cuda {
 
-static constexpr int kThreads = 256;
+static constexpr int kThreads = 512;
 
 // Order-preserving map: larger float -> larger key. NaN ranks as -inf (ties then go to the lower
 // index, as on the CPU); -0 equals +0.
@@ -25,14 +27,22 @@ static __device__ void BlockTopM(const uint32_t* keys, int n, int m, int* out, i
   int* hist = scratch;       // [256]
   int* sh = scratch + 256;   // [0] prefix, [1] remaining, [2] counter
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int n_round = (n + 31) & ~31;  // whole warps stay converged
   uint32_t prefix = 0, mask = 0;
   int remaining = m;
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = tid; b < 256; b += kThreads) hist[b] = 0;
     __syncthreads();
-    for (int i = tid; i < n; i += kThreads) {
-      const uint32_t k = keys[i];
-      if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255u], 1);
+    // Warp-aggregated: the leading digits of near-equal scores are few, so plain atomics would
+    // serialize on a handful of bins.
+    for (int i = tid; i < n_round; i += kThreads) {
+      int digit = 256;  // none
+      if (i < n) {
+        const uint32_t k = keys[i];
+        if ((k & mask) == prefix) digit = static_cast<int>((k >> shift) & 255u);
+      }
+      const unsigned peers = __match_any_sync(0xffffffffu, digit);
+      if (digit < 256 && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
     }
     __syncthreads();
     if (warp == 0) {
@@ -109,6 +119,8 @@ static __global__ void __launch_bounds__(kThreads)
     MemoryTopMKernel(TopMShape s, const float* scores, const float* cores, const float* core_u,
                      const float* core_v, const int64_t* shuffle, int64_t* rows, int32_t* groups,
                      float* scores_out, int64_t* t_index) {
+  GridDependencyWait();
+  AllowDependents();
   const int t = blockIdx.x, h = blockIdx.y;
   const int n = s.num_keys, r = s.rank, m = s.topk, hc = s.cores, mm = m * m;
   const int64_t nr = static_cast<int64_t>(n) * r;
@@ -188,8 +200,8 @@ void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* 
     cudaFuncSetAttribute(MemoryTopMKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          static_cast<int>(smem));
   }
-  MemoryTopMKernel<<<dim3(shape.tokens, shape.heads), kThreads, smem, stream>>>(
-      shape, scores, cores, core_u, core_v, shuffle, rows, groups, scores_out, t_index);
+  LaunchKernel(MemoryTopMKernel, dim3(shape.tokens, shape.heads), dim3(kThreads), smem, stream,
+               shape, scores, cores, core_u, core_v, shuffle, rows, groups, scores_out, t_index);
 }
 
 }  // namespace ultramem::cuda
