@@ -51,7 +51,7 @@ if [[ -z ${SKIP_NCU:-} ]]; then
   stamp "per-kernel profile of batch-$B decode steps (ncu, one metric, clocks left alone)"
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
   if [[ -n $NCU ]]; then
-    UM_CUDA_PDL=0 timeout 120 "$NCU" --clock-control none --launch-skip ${NCU_SKIP:-300} --launch-count ${NCU_COUNT:-100} --csv \
+    UM_CUDA_PDL=0 timeout 120 "$NCU" --clock-control none --launch-skip $(( B == 1 ? 300 : ${NCU_SKIP_WIDE:-9200} )) --launch-count ${NCU_COUNT:-130} --csv \
       --print-summary per-kernel --metrics gpu__time_duration.sum \
       "$BIN/ultramem-cuda-bench" --model "$CKPT" --batches $B --context 64 --iters 1 \
       >"$OUT/ncu_b$B.csv" 2>"$OUT/ncu_b$B.err"

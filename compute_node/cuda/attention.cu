@@ -224,19 +224,31 @@ static __global__ void __launch_bounds__(kFastThreads)
   constexpr int kRowStep = kFastWarps * kRowsPerWarp;
   constexpr int kUnroll = 4;
   __shared__ FastSmem<kHD, kG> sm;
-  GridDependencyWait();
-  AllowDependents();
-
   const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int width = num_kv_heads * kHD;
-  const TokenKv tok = kv[t];
+  const TokenKv tok = kv[t];  // copied from the host before the step, not written by a kernel
   const int pos = tok.position;
   const int ctx = pos + 1;
   const int chunk = (ctx + splits - 1) / splits;
   const int p0 = min(ctx, split * chunk);
   const int p1 = min(ctx, p0 + chunk);
   const bool fused = rope != nullptr;
+  const __nv_bfloat16* kbase = KvRow(tok, layer, 0, 0, width) + kvh * kHD;
+  const __nv_bfloat16* vbase = KvRow(tok, layer, 1, 0, width) + kvh * kHD;
+  // Decode: the rows before the token's own position were written by earlier steps, so this
+  // thread's first K row is loaded, and its V row asked of L2, while the previous kernel runs.
+  uint4 kraw[kHD / 8];  // this thread's K row of the current tile
+  bool have_kfirst = false;
+  if (fused && p0 + tid < p1 && p0 + tid != pos) {
+    const uint4* krow = reinterpret_cast<const uint4*>(kbase + static_cast<int64_t>(p0 + tid) * width);
+#pragma unroll
+    for (int c = 0; c < kHD / 8; ++c) kraw[c] = krow[c];
+    have_kfirst = true;
+    PrefetchL2(vbase + static_cast<int64_t>(p0 + tid) * width, kHD * 2);
+  }
+  GridDependencyWait();
+  AllowDependents();
 
   const float scale = rsqrtf(static_cast<float>(kHD));
   const float* row = qkv + static_cast<int64_t>(t) * (num_heads + 2 * num_kv_heads) * kHD;
@@ -285,8 +297,6 @@ static __global__ void __launch_bounds__(kFastThreads)
     for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
   __syncthreads();
 
-  const __nv_bfloat16* kbase = KvRow(tok, layer, 0, 0, width) + kvh * kHD;
-  const __nv_bfloat16* vbase = KvRow(tok, layer, 1, 0, width) + kvh * kHD;
   for (int tile = p0; tile < p1; tile += kTile) {
     // Scores of this thread's position for every query head of the group.
     const int p = tile + tid;
@@ -303,13 +313,14 @@ static __global__ void __launch_bounds__(kFastThreads)
         }
       } else {
         const uint4* krow = reinterpret_cast<const uint4*>(kbase + static_cast<int64_t>(p) * width);
-        uint4 raw[kHD / 8];
+        if (tile != p0 || !have_kfirst) {
 #pragma unroll
-        for (int c = 0; c < kHD / 8; ++c) raw[c] = krow[c];
+          for (int c = 0; c < kHD / 8; ++c) kraw[c] = krow[c];
+        }
 #pragma unroll
         for (int c = 0; c < kHD / 8; ++c) {
           float kf[8];
-          Bf16x8ToFloat(raw[c], kf);
+          Bf16x8ToFloat(kraw[c], kf);
 #pragma unroll
           for (int g = 0; g < kG; ++g) {
             const float4 qa = *reinterpret_cast<const float4*>(&sm.q[g][c * 8]);

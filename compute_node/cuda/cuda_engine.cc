@@ -130,6 +130,7 @@ struct DeviceMemoryLayer {
   int u_owner = 0;  // the layer whose `u` holds u_{input_block} (the first reading that block)
   DeviceBuffer<bf16> query_proj, keys_hat, values_proj, values;
   DeviceBuffer<float> query_norm, cores, core_u, core_v;
+  DeviceBuffer<float> keys_f32;  // K̂ in fp32, for the wide steps' SGEMM key scores
   DeviceBuffer<int64_t> shuffle;
   // Per-step buffers.
   DeviceBuffer<bf16> u, y;
@@ -295,6 +296,7 @@ absl::Status CudaEngine::Init() {
     UM_RETURN_IF_ERROR(UploadBf16(s.query_proj, &d.query_proj));
     UM_RETURN_IF_ERROR(UploadF32(s.query_norm, &d.query_norm));
     UM_RETURN_IF_ERROR(UploadBf16(s.keys_hat, &d.keys_hat));
+    UM_RETURN_IF_ERROR(UploadF32(s.keys_hat, &d.keys_f32));
     UM_RETURN_IF_ERROR(UploadF32(s.cores, &d.cores));
     UM_RETURN_IF_ERROR(UploadF32(s.core_u, &d.core_u));
     UM_RETURN_IF_ERROR(UploadF32(s.core_v, &d.core_v));
@@ -381,8 +383,13 @@ absl::Status CudaEngine::EnqueueMemoryQuery(int j, int T, cudaStream_t stream,
                               cfg_.hidden_size, d.q.get(), false));
   LaunchQueryNorm(d.q.get(), d.query_norm.get(), T, mc.key_dim, mc.norm_eps, d.qn.get(), stream);
   const int key_rows = static_cast<int>(mc.NumKeys() * mc.tucker_rank);
-  LaunchKeyScores(d.qn.get(), d.keys_hat.get(), T, mc.heads, key_rows, mc.key_dim,
-                  d.scores.get(), stream);
+  if (T <= kMaxGemvTokens) {
+    LaunchKeyScores(d.qn.get(), d.keys_hat.get(), T, mc.heads, key_rows, mc.key_dim,
+                    d.scores.get(), stream);
+  } else {
+    UM_RETURN_IF_ERROR(KeyScoresGemm(blas, d.qn.get(), d.keys_f32.get(), T, mc.heads, key_rows,
+                                     mc.key_dim, d.scores.get()));
+  }
   TopMShape shape;
   shape.tokens = T;
   shape.heads = mc.heads;

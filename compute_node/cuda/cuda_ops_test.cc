@@ -130,8 +130,9 @@ TEST(CudaOps, GemmBf16MatchesCpu) {
     EXPECT_LE(RelErr(Down(dy, T * out), want), 1e-2);
     cublasDestroy(h);
   }
-  // The skinny kernel MatMulBf16 picks for 1..8 tokens.
-  for (auto [T, out, in] : {std::tuple{1, 3072, 1024}, std::tuple{3, 1000, 2816}, std::tuple{8, 77, 64}}) {
+  // The skinny kernel MatMulBf16 picks for 1..16 tokens.
+  for (auto [T, out, in] : {std::tuple{1, 3072, 1024}, std::tuple{3, 1000, 2816}, std::tuple{8, 77, 64},
+                            std::tuple{13, 1001, 1024}, std::tuple{16, 3000, 64}}) {
     auto x = RandomBf16(rng, T * in, 1.0f), w = RandomBf16(rng, out * in, 0.05f);
     auto y0 = RandomBf16(rng, T * out, 1.0f);
     std::vector<float> want = y0, want_plain(T * out);
@@ -154,7 +155,7 @@ TEST(CudaOps, GemvFusedNormAndSwiGluMatchCpu) {
   std::mt19937_64 rng(Seed());
   ThreadPool pool(0);
   const int D = 1024, out = 1000, F = 700;
-  for (int T : {1, 2, 3, 8}) {
+  for (int T : {1, 2, 3, 8, 11, 16}) {
     const int rows_in = T + 2;
     auto x = RandomBf16(rng, rows_in * D, 2.0f), nw = RandomBf16(rng, D, 0.5f, 1.0f);
     std::vector<int32_t> rows(T);
@@ -332,10 +333,11 @@ void RunRopeAndAttention(int nh, int nkv, int hd) {
       }
     }
     // Twice more: the arrival counters are left at zero for the next call.
-    LaunchAttention(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, splits, scratch.get(),
-                    counters.get(), out.get(), nullptr);
-    LaunchAttention(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, splits, scratch.get(),
-                    counters.get(), out.get(), nullptr);
+    for (int again = 0; again < 2; ++again) {
+      dqkv = Up(qkv);  // the generic kernels rotate q in place
+      LaunchAttention(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, splits,
+                      scratch.get(), counters.get(), out.get(), nullptr);
+    }
     EXPECT_LE(RelErr(DownBf16(out, T * nh * hd), want), 1e-2) << "fused again, splits " << splits;
   }
   // Prefill path: the RoPE kernel first (q rotated in qkv, K/V appended), then attention.
@@ -407,6 +409,7 @@ void RunSelect(const SelectCase& c) {
   SelectRows(pool, mc, w, u.data(), T, D, &scratch, &want);
 
   auto du = UpBf16(u), dqp = UpBf16(w.query_proj), dkeys = UpBf16(w.keys_hat);
+  auto dkeys_f32 = Up(w.keys_hat);
   auto dqnw = Up(w.query_norm), dcores = Up(w.cores), dcu = Up(w.core_u), dcv = Up(w.core_v);
   auto dshuffle = Up(w.shuffle_index);
   DeviceBuffer<float> q, qn, S, sc;
@@ -427,7 +430,12 @@ void RunSelect(const SelectCase& c) {
   ASSERT_EQ(cublasCreate(&blas), CUBLAS_STATUS_SUCCESS);
   ASSERT_OK(GemmBf16(blas, du.get(), T, dqp.get(), 2 * c.key_dim, D, q.get(), false));
   LaunchQueryNorm(q.get(), dqnw.get(), T, c.key_dim, mc.norm_eps, qn.get(), nullptr);
-  LaunchKeyScores(qn.get(), dkeys.get(), T, H, static_cast<int>(nr), c.key_dim, S.get(), nullptr);
+  // As the engine chooses: the few-token kernel on bf16 keys, SGEMM on fp32 keys for wide steps.
+  if (T <= kMaxGemvTokens) {
+    LaunchKeyScores(qn.get(), dkeys.get(), T, H, static_cast<int>(nr), c.key_dim, S.get(), nullptr);
+  } else {
+    ASSERT_OK(KeyScoresGemm(blas, qn.get(), dkeys_f32.get(), T, H, static_cast<int>(nr), c.key_dim, S.get()));
+  }
   TopMShape shape{T, H, static_cast<int>(n), r, h, m, mc.NumRows()};
   LaunchMemoryTopM(shape, S.get(), dcores.get(), dcu.get(), dcv.get(), dshuffle.get(), rows.get(),
                    groups.get(), sc.get(), tix.get(), nullptr);
@@ -466,6 +474,8 @@ TEST(CudaOps, MemorySelectMatchesCpuOddShapes) {
   SKIP_WITHOUT_GPU();
   RunSelect({100, 12, 9, 24, 3, 5, 3, 3, false});
   RunSelect({50, 30, 1, 16, 1, 20, 1, 1, false});
+  RunSelect({5, 12, 9, 20, 3, 5, 3, 3, false});   // Dk % 8 != 0: the tiled score kernel
+  RunSelect({16, 64, 4, 64, 2, 16, 2, 2, false});  // the few-token kernel at 16 tokens
 }
 
 TEST(CudaOps, MemorySelectTiesGoToLowerIndex) {

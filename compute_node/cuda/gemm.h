@@ -23,4 +23,10 @@ absl::Status MatMulBf16(cublasHandle_t handle, cudaStream_t stream, const __nv_b
                         int64_t tokens, const __nv_bfloat16* w, int64_t out_dim, int64_t in_dim,
                         float* y, bool accumulate);
 
+// Memory-layer key scores for wide steps through fp32 SGEMM (no TF32: the top-m selections that
+// follow flip on small score changes). qn: [2][tokens][Dk]; keys: [H][2][key_rows][Dk] fp32;
+// scores: [H][2][tokens][key_rows]. The few-token kernel in memory_score.cuh reads bf16 keys.
+absl::Status KeyScoresGemm(cublasHandle_t handle, const float* qn, const float* keys, int tokens,
+                           int heads, int key_rows, int key_dim, float* scores);
+
 }  // namespace ultramem::cuda

@@ -30,11 +30,6 @@ static __device__ __forceinline__ float Dot8(const uint4& a, const uint4& b) {
   return s;
 }
 
-static __device__ __forceinline__ void PrefetchL2(const void* p, int bytes) {
-  // Bulk L2 prefetch (sm_90): a hint, no registers, no completion to wait for.
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-}
-
 static __device__ __forceinline__ uint4 LoadStream(const uint4* p) {
   uint4 v;
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
@@ -66,12 +61,35 @@ static __global__ void __launch_bounds__(kThreads) GemvKernel(GemvParams p) {
   const int chunks = a.in_dim / 8;
   const int stride = gridDim.x * kWarps;
   const int first = blockIdx.x * kWarps + warp;
-  // Ask L2 for this warp's first rows while the previous kernel finishes.
-  if (first < p.units && lane < kRows) {
+  // Weights depend on no earlier kernel: while the previous kernel finishes, load this warp's
+  // first batch into registers and ask L2 for the rest of its first rows.
+  uint4 va[kBatch], vb[kBatch];
+  auto load_batch = [&](const uint4* wa, const uint4* wb, int c0) {
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) {
+      const int c = c0 + 32 * i;
+      if (c < chunks) {
+        va[i] = LoadStream(wa + c);
+        if (kRows == 2) vb[i] = LoadStream(wb + c);
+      }
+    }
+  };
+  auto unit_rows = [&](int u, int* ra, int* rb, const uint4** wa, const uint4** wb) {
+    UnitRows<kRows>(a, u, ra, rb);
+    *wa = reinterpret_cast<const uint4*>(a.w + static_cast<int64_t>(*ra) * a.in_dim);
+    *wb = reinterpret_cast<const uint4*>(a.w + static_cast<int64_t>(*rb < 0 ? *ra : *rb) * a.in_dim);
+  };
+  bool loaded = false;
+  if (first < p.units) {
     int ra, rb;
-    UnitRows<kRows>(a, first, &ra, &rb);
-    const int r = lane == 0 ? ra : rb;
-    if (r >= 0) PrefetchL2(a.w + static_cast<int64_t>(r) * a.in_dim, a.in_dim * 2);
+    const uint4 *wa, *wb;
+    unit_rows(first, &ra, &rb, &wa, &wb);
+    load_batch(wa, wb, lane);
+    loaded = true;
+    if (chunks > 32 * kBatch && lane < kRows) {
+      const int r = lane == 0 ? ra : rb;
+      if (r >= 0) PrefetchL2(a.w + static_cast<int64_t>(r) * a.in_dim, a.in_dim * 2);
+    }
   }
   GridDependencyWait();
   AllowDependents();
@@ -118,24 +136,16 @@ static __global__ void __launch_bounds__(kThreads) GemvKernel(GemvParams p) {
 
   for (int u = first; u < p.units; u += stride) {
     int ra, rb;
-    UnitRows<kRows>(a, u, &ra, &rb);
-    const uint4* wa = reinterpret_cast<const uint4*>(a.w + static_cast<int64_t>(ra) * a.in_dim);
-    const uint4* wb = reinterpret_cast<const uint4*>(a.w + static_cast<int64_t>(rb < 0 ? ra : rb) * a.in_dim);
+    const uint4 *wa, *wb;
+    unit_rows(u, &ra, &rb, &wa, &wb);
     float acc[kRows][kT];
 #pragma unroll
     for (int r = 0; r < kRows; ++r)
 #pragma unroll
       for (int t = 0; t < kT; ++t) acc[r][t] = 0.0f;
     for (int c0 = lane; c0 < chunks; c0 += 32 * kBatch) {
-      uint4 va[kBatch], vb[kBatch];
-#pragma unroll
-      for (int i = 0; i < kBatch; ++i) {
-        const int c = c0 + 32 * i;
-        if (c < chunks) {
-          va[i] = LoadStream(wa + c);
-          if (kRows == 2) vb[i] = LoadStream(wb + c);
-        }
-      }
+      if (!loaded) load_batch(wa, wb, c0);
+      loaded = false;
 #pragma unroll
       for (int i = 0; i < kBatch; ++i) {
         const int c = c0 + 32 * i;
@@ -224,6 +234,7 @@ void LaunchGemv(const GemvArgs& a, cudaStream_t stream) {
   if (a.tokens == 2) return LaunchForTokens<2>(a, stream);
   if (a.tokens <= 4) return LaunchForTokens<4>(a, stream);
   if (a.tokens <= 8) return LaunchForTokens<8>(a, stream);
+  if (a.tokens <= 16) return LaunchForTokens<16>(a, stream);
 }
 
 void LaunchGemvBf16(const __nv_bfloat16* x, int tokens, const __nv_bfloat16* w, int out_dim,

@@ -20,7 +20,7 @@
 
 namespace ultramem::cuda {
 
-inline constexpr int kMaxGemvTokens = 8;
+inline constexpr int kMaxGemvTokens = 16;
 
 enum class GemvOutput { kStore, kAccumulate, kSwiGlu };
 

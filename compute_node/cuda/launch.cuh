@@ -34,6 +34,15 @@ __device__ __forceinline__ void AllowDependents() {
 #endif
 }
 
+// Asks L2 for `bytes` (a multiple of 16, 16-byte aligned) at `p`: a hint that holds no registers
+// and needs no completion, for data that no earlier kernel writes (weights, old cache rows),
+// issued before GridDependencyWait().
+__device__ __forceinline__ void PrefetchL2(const void* p, int bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
 // kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute when enabled. Errors
 // surface through cudaGetLastError() as for <<<>>>.
 template <typename... Params, typename... Args>

@@ -76,16 +76,20 @@ static __global__ void __launch_bounds__(kThreads)
 
 // Few tokens (decode steps): one warp per key row, 16-byte key loads, the dot products for every
 // token at once; the keys are streamed once at close to copy bandwidth.
-static constexpr int kSmallTokens = 8, kWarps = 8;
+static constexpr int kSmallTokens = 16, kWarps = 8;
 
 template <int kT>
 static __global__ void __launch_bounds__(kWarps * 32)
     KeyScoresSmallKernel(const float* qn, const __nv_bfloat16* keys_hat, int tokens, int key_rows,
                          int key_dim, int total_rows, float* scores) {
-  GridDependencyWait();
-  AllowDependents();
   const int lane = threadIdx.x & 31;
   const int grow = blockIdx.x * kWarps + (threadIdx.x >> 5);  // over [H·2][key_rows]
+  // The keys are constant: ask L2 for this warp's row while the query kernels finish.
+  if (grow < total_rows && lane == 0 && key_dim % 8 == 0) {
+    PrefetchL2(keys_hat + static_cast<int64_t>(grow) * key_dim, key_dim * 2);
+  }
+  GridDependencyWait();
+  AllowDependents();
   if (grow >= total_rows) return;
   const int hs = grow / key_rows, row = grow - hs * key_rows;
   const int side = hs & 1;
@@ -134,8 +138,14 @@ void LaunchKeyScores(const float* qn, const __nv_bfloat16* keys_hat, int tokens,
   if (tokens == 0) return;
   if (tokens <= kSmallTokens && key_dim % 8 == 0) {
     const int total = heads * 2 * key_rows;
-    LaunchKernel(KeyScoresSmallKernel<kSmallTokens>, dim3((total + kWarps - 1) / kWarps),
-                 dim3(kWarps * 32), 0, stream, qn, keys_hat, tokens, key_rows, key_dim, total, scores);
+    const dim3 grid((total + kWarps - 1) / kWarps), block(kWarps * 32);
+    if (tokens <= 8) {
+      LaunchKernel(KeyScoresSmallKernel<8>, grid, block, 0, stream, qn, keys_hat, tokens, key_rows,
+                   key_dim, total, scores);
+    } else {
+      LaunchKernel(KeyScoresSmallKernel<kSmallTokens>, grid, block, 0, stream, qn, keys_hat, tokens,
+                   key_rows, key_dim, total, scores);
+    }
     return;
   }
   const dim3 grid((key_rows + kRows - 1) / kRows, (tokens + kToks - 1) / kToks, heads * 2);
