@@ -3,6 +3,7 @@
 #include "compute_node/cuda/gemm.h"
 
 #include "compute_node/cuda/cuda_check.h"
+#include "compute_node/cuda/gemm_mma.cuh"
 #include "compute_node/cuda/gemv.cuh"
 
 namespace ultramem::cuda {
@@ -26,6 +27,19 @@ absl::Status MatMulBf16(cublasHandle_t handle, cudaStream_t stream, const __nv_b
   if (tokens >= 1 && tokens <= kMaxGemvTokens && in_dim % 8 == 0) {
     LaunchGemvBf16(x, static_cast<int>(tokens), w, static_cast<int>(out_dim),
                    static_cast<int>(in_dim), y, accumulate, stream);
+    CUDA_CHECK(cudaGetLastError());
+    return absl::OkStatus();
+  }
+  if (tokens <= kMaxMmaTokens && in_dim % 32 == 0 && GemmMmaEnabled()) {
+    GemvArgs a;
+    a.tokens = static_cast<int>(tokens);
+    a.out_dim = static_cast<int>(out_dim);
+    a.in_dim = static_cast<int>(in_dim);
+    a.w = w;
+    a.x = x;
+    a.output = accumulate ? GemvOutput::kAccumulate : GemvOutput::kStore;
+    a.y = y;
+    LaunchGemmMma(a, stream);
     CUDA_CHECK(cudaGetLastError());
     return absl::OkStatus();
   }

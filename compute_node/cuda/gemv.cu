@@ -234,7 +234,6 @@ void LaunchGemv(const GemvArgs& a, cudaStream_t stream) {
   if (a.tokens == 2) return LaunchForTokens<2>(a, stream);
   if (a.tokens <= 4) return LaunchForTokens<4>(a, stream);
   if (a.tokens <= 8) return LaunchForTokens<8>(a, stream);
-  if (a.tokens <= 16) return LaunchForTokens<16>(a, stream);
 }
 
 void LaunchGemvBf16(const __nv_bfloat16* x, int tokens, const __nv_bfloat16* w, int out_dim,

@@ -20,7 +20,7 @@
 
 namespace ultramem::cuda {
 
-inline constexpr int kMaxGemvTokens = 16;
+inline constexpr int kMaxGemvTokens = 8;
 
 enum class GemvOutput { kStore, kAccumulate, kSwiGlu };
 

@@ -18,6 +18,15 @@ bool PdlEnabled() {
   return enabled;
 }
 
+namespace {
+thread_local bool pdl_on_this_thread = true;
+}  // namespace
+
+ScopedPdl::ScopedPdl(bool enable) : saved_(pdl_on_this_thread) { pdl_on_this_thread = enable; }
+ScopedPdl::~ScopedPdl() { pdl_on_this_thread = saved_; }
+
+bool PdlActive() { return pdl_on_this_thread && PdlEnabled(); }
+
 int SmCount() {
   static const int count = [] {
     int device = 0, n = 0;

@@ -17,6 +17,22 @@ namespace ultramem::cuda {
 // True unless the environment sets UM_CUDA_PDL=0 (read once).
 bool PdlEnabled();
 
+// While alive, kernels that this thread launches through LaunchKernel use PDL only if `enable`
+// (and PdlEnabled()). Scopes nest.
+class ScopedPdl {
+ public:
+  explicit ScopedPdl(bool enable);
+  ~ScopedPdl();
+  ScopedPdl(const ScopedPdl&) = delete;
+  ScopedPdl& operator=(const ScopedPdl&) = delete;
+
+ private:
+  bool saved_;
+};
+
+// PdlEnabled() and not switched off on this thread by a ScopedPdl.
+bool PdlActive();
+
 // The number of multiprocessors of the current device (read once).
 int SmCount();
 
@@ -57,7 +73,7 @@ void LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
   config.dynamicSmemBytes = smem;
   config.stream = stream;
   config.attrs = attr;
-  config.numAttrs = PdlEnabled() && stream != nullptr ? 1 : 0;  // not on the legacy stream
+  config.numAttrs = PdlActive() && stream != nullptr ? 1 : 0;  // not on the legacy stream
   cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 

@@ -76,7 +76,7 @@ static __global__ void __launch_bounds__(kThreads)
 
 // Few tokens (decode steps): one warp per key row, 16-byte key loads, the dot products for every
 // token at once; the keys are streamed once at close to copy bandwidth.
-static constexpr int kSmallTokens = 16, kWarps = 8;
+static constexpr int kSmallTokens = 8, kWarps = 8;
 
 template <int kT>
 static __global__ void __launch_bounds__(kWarps * 32)
@@ -138,14 +138,8 @@ void LaunchKeyScores(const float* qn, const __nv_bfloat16* keys_hat, int tokens,
   if (tokens == 0) return;
   if (tokens <= kSmallTokens && key_dim % 8 == 0) {
     const int total = heads * 2 * key_rows;
-    const dim3 grid((total + kWarps - 1) / kWarps), block(kWarps * 32);
-    if (tokens <= 8) {
-      LaunchKernel(KeyScoresSmallKernel<8>, grid, block, 0, stream, qn, keys_hat, tokens, key_rows,
-                   key_dim, total, scores);
-    } else {
-      LaunchKernel(KeyScoresSmallKernel<kSmallTokens>, grid, block, 0, stream, qn, keys_hat, tokens,
-                   key_rows, key_dim, total, scores);
-    }
+    LaunchKernel(KeyScoresSmallKernel<kSmallTokens>, dim3((total + kWarps - 1) / kWarps),
+                 dim3(kWarps * 32), 0, stream, qn, keys_hat, tokens, key_rows, key_dim, total, scores);
     return;
   }
   const dim3 grid((key_rows + kRows - 1) / kRows, (tokens + kToks - 1) / kToks, heads * 2);
