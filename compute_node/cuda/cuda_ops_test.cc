@@ -131,7 +131,10 @@ TEST(CudaOps, GemmBf16MatchesCpu) {
     EXPECT_LE(RelErr(Down(dy, T * out), want), 1e-2);
     cublasDestroy(h);
   }
-  // The skinny kernel MatMulBf16 picks for 1..8 tokens, the tensor-core one for 9..64.
+  // MatMulBf16's choices: the skinny GEMV for 1..8 tokens, the tensor-core kernel for 9..16,
+  // cuBLAS above; and the tensor-core kernel alone up to its 64 tokens.
+  cublasHandle_t blas;
+  ASSERT_EQ(cublasCreate(&blas), CUBLAS_STATUS_SUCCESS);
   for (auto [T, out, in] : {std::tuple{1, 3072, 1024}, std::tuple{3, 1000, 2816}, std::tuple{8, 77, 64},
                             std::tuple{9, 1001, 1024}, std::tuple{16, 3000, 64},
                             std::tuple{37, 77, 2816}, std::tuple{64, 1536, 1024},
@@ -143,12 +146,26 @@ TEST(CudaOps, GemmBf16MatchesCpu) {
     MatMulWT(pool, x.data(), T, w.data(), out, in, want_plain.data(), /*accumulate=*/false);
     auto dx = UpBf16(x), dw = UpBf16(w);
     auto dy = Up(y0);
-    ASSERT_OK(MatMulBf16(nullptr, nullptr, dx.get(), T, dw.get(), out, in, dy.get(), true));
+    ASSERT_OK(MatMulBf16(blas, nullptr, dx.get(), T, dw.get(), out, in, dy.get(), true));
     EXPECT_LE(RelErr(Down(dy, T * out), want), 1e-2) << "gemv T " << T;
     Poison(dy);
-    ASSERT_OK(MatMulBf16(nullptr, nullptr, dx.get(), T, dw.get(), out, in, dy.get(), false));
+    ASSERT_OK(MatMulBf16(blas, nullptr, dx.get(), T, dw.get(), out, in, dy.get(), false));
     EXPECT_LE(RelErr(Down(dy, T * out), want_plain), 1e-2) << "gemv T " << T;
+    if (T > kMaxGemvTokens && T <= kMaxMmaTokens && in % 32 == 0) {
+      GemvArgs a;
+      a.tokens = T;
+      a.out_dim = out;
+      a.in_dim = in;
+      a.w = dw.get();
+      a.x = dx.get();
+      a.y = dy.get();
+      Poison(dy);
+      LaunchGemmMma(a, nullptr);
+      ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+      EXPECT_LE(RelErr(Down(dy, T * out), want_plain), 1e-2) << "mma T " << T;
+    }
   }
+  cublasDestroy(blas);
 }
 
 // The skinny GEMV's fusions: RMSNorm of fp32 rows (through a row map) into its input, the

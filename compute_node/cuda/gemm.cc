@@ -30,7 +30,7 @@ absl::Status MatMulBf16(cublasHandle_t handle, cudaStream_t stream, const __nv_b
     CUDA_CHECK(cudaGetLastError());
     return absl::OkStatus();
   }
-  if (tokens <= kMaxMmaTokens && in_dim % 32 == 0 && GemmMmaEnabled()) {
+  if (tokens <= kMmaPreferredMaxTokens && in_dim % 32 == 0 && GemmMmaEnabled()) {
     GemvArgs a;
     a.tokens = static_cast<int>(tokens);
     a.out_dim = static_cast<int>(out_dim);

@@ -18,7 +18,7 @@ absl::Status GemmBf16(cublasHandle_t handle, const __nv_bfloat16* x, int64_t tok
                       bool accumulate);
 
 // The same product, choosing the kernel: the skinny GEMV kernel for a few tokens (gemv.cuh), the
-// tensor-core skinny kernel up to 64 tokens (gemm_mma.cuh), cuBLAS otherwise. Runs on `stream`, which must be the handle's stream.
+// tensor-core skinny kernel up to kMmaPreferredMaxTokens (gemm_mma.cuh), cuBLAS otherwise. Runs on `stream`, which must be the handle's stream.
 absl::Status MatMulBf16(cublasHandle_t handle, cudaStream_t stream, const __nv_bfloat16* x,
                         int64_t tokens, const __nv_bfloat16* w, int64_t out_dim, int64_t in_dim,
                         float* y, bool accumulate);

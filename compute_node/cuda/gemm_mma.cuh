@@ -13,7 +13,12 @@
 
 namespace ultramem::cuda {
 
-inline constexpr int kMaxMmaTokens = 64;
+inline constexpr int kMaxMmaTokens = 64;  // what the kernel supports
+
+// Up to where callers prefer it to cuBLAS. At 64 tokens it measured slower (H200, 2026-11-28:
+// batch-64 decode step 1211 us against 912 us with cuBLAS): each block reads all of x from L2 for
+// its 16 weight rows, 4x the weight bytes at 64 tokens. At 16 tokens it is the faster path.
+inline constexpr int kMmaPreferredMaxTokens = 16;
 
 // False when the environment sets UM_CUDA_MMA=0 (then callers use cuBLAS; read once).
 bool GemmMmaEnabled();
