@@ -1,7 +1,9 @@
 // Implementation of compute_node/cuda/cuda_engine.h: weights upload, per-step buffers, the block
 // loop enqueued on two streams (dense work on `main_`, each memory layer's steps 1–10 forked on
 // `mem_` right after its input block and joined before its output block's sum), and CUDA graphs
-// of decode steps keyed by batch size.
+// of decode steps keyed by batch size. Steps of a few tokens use the fused kernels (RMSNorm in
+// the GEMV prologue, SwiGLU in the gate/up epilogue, RoPE + K/V append + split merge in the
+// attention kernel) launched with programmatic dependent launch; wider steps use cuBLAS.
 #include "compute_node/cuda/cuda_engine.h"
 
 #include <cuda_bf16.h>

@@ -9,8 +9,9 @@
 //   output:   y fp32 [T, out] stored or accumulated (the residual add), or the SwiGLU
 //             activation act[t, i] = bf16(silu(g_i) · u_i) where g = W[i]·x, u = W[out + i]·x
 //             (W is then the fused [gate; up] matrix of 2·out rows).
-// Launched with programmatic dependent launch (launch.cuh): each block asks L2 for its first
-// weight rows before waiting on the previous kernel.
+// Launched with programmatic dependent launch (launch.cuh): each warp loads its first batch of
+// weights into registers (and asks L2 for the rest of its first rows) before waiting on the
+// previous kernel.
 #pragma once
 
 #include <cuda_bf16.h>
