@@ -1,9 +1,16 @@
-// Causal GQA attention of each token over its sequence's KV cache (positions 0..position, the
-// token's own K and V already written), for decode steps and prefill chunks alike:
+// Causal GQA attention of each token over its sequence's KV cache (positions 0..position), for
+// decode steps and prefill chunks alike:
 //   out[t, head] = softmax(q·Kᵀ / sqrt(hd)) V   over kv head head / (n_h / n_kv)
-// Split-K ("flash decoding"): each (token, kv head) is cut into `splits` position ranges whose
-// partial softmax sums are merged by a second kernel, so a small batch still fills the GPU.
+// Split-K ("flash decoding"): each (token, kv head) is cut into `splits` position ranges so that a
+// small batch still fills the GPU; the last block of a (token, kv head) to finish merges the
+// partial softmax sums (an arrival counter per (token, kv head), left at zero for the next call).
 // The grid depends on tokens and splits only, never on context lengths (CUDA-graph safe).
+//
+// Decode steps (every token of the call from a different sequence) may pass `rope`: the kernel
+// then rotates q and the token's own k itself and writes the token's K and V to the cache, so no
+// RoPE kernel runs first (qkv unrotated; it may be rotated in place for shapes the fused kernel
+// does not cover). Without `rope`, LaunchRopeAndCache must have run (q rotated in qkv, the new
+// K and V in the cache), which is what prefill chunks (several tokens of one sequence) need.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -24,9 +31,15 @@ inline long long AttentionScratchFloats(int tokens, int num_heads, int head_dim,
   return static_cast<long long>(tokens) * num_heads * splits * (head_dim + 2);
 }
 
-// qkv: [tokens, (n_h + 2 n_kv)·hd] fp32 with q rotated; out: [tokens, n_h·hd] bf16.
-void LaunchAttention(const float* qkv, const TokenKv* kv, int tokens, int num_heads,
+// Ints of arrival counters: tokens · n_kv, zeroed once by the caller (kernels leave them zero).
+inline long long AttentionCounterInts(int tokens, int num_kv_heads) {
+  return static_cast<long long>(tokens) * num_kv_heads;
+}
+
+// qkv: [tokens, (n_h + 2 n_kv)·hd] fp32; rope: null, or [max_positions, hd/2] (cos, sin) pairs;
+// out: [tokens, n_h·hd] bf16.
+void LaunchAttention(float* qkv, const TokenKv* kv, const float2* rope, int tokens, int num_heads,
                      int num_kv_heads, int head_dim, int layer, int splits, float* scratch,
-                     __nv_bfloat16* out, cudaStream_t stream);
+                     int* counters, __nv_bfloat16* out, cudaStream_t stream);
 
 }  // namespace ultramem::cuda

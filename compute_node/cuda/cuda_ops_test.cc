@@ -18,6 +18,8 @@
 #include "compute_node/cuda/cuda_check.h"
 #include "compute_node/cuda/device_buffer.h"
 #include "compute_node/cuda/gemm.h"
+#include "compute_node/cuda/gemm_mma.cuh"
+#include "compute_node/cuda/gemv.cuh"
 #include "compute_node/cuda/memory_score.cuh"
 #include "compute_node/cuda/memory_topm.cuh"
 #include "compute_node/cuda/pool.cuh"
@@ -129,8 +131,14 @@ TEST(CudaOps, GemmBf16MatchesCpu) {
     EXPECT_LE(RelErr(Down(dy, T * out), want), 1e-2);
     cublasDestroy(h);
   }
-  // The skinny kernel MatMulBf16 picks for 1..8 tokens.
-  for (auto [T, out, in] : {std::tuple{1, 3072, 1024}, std::tuple{3, 1000, 2816}, std::tuple{8, 77, 64}}) {
+  // MatMulBf16's choices: the skinny GEMV for 1..8 tokens, the tensor-core kernel for 9..16,
+  // cuBLAS above; and the tensor-core kernel alone up to its 64 tokens.
+  cublasHandle_t blas;
+  ASSERT_EQ(cublasCreate(&blas), CUBLAS_STATUS_SUCCESS);
+  for (auto [T, out, in] : {std::tuple{1, 3072, 1024}, std::tuple{3, 1000, 2816}, std::tuple{8, 77, 64},
+                            std::tuple{9, 1001, 1024}, std::tuple{16, 3000, 64},
+                            std::tuple{37, 77, 2816}, std::tuple{64, 1536, 1024},
+                            std::tuple{50, 40, 2048}}) {
     auto x = RandomBf16(rng, T * in, 1.0f), w = RandomBf16(rng, out * in, 0.05f);
     auto y0 = RandomBf16(rng, T * out, 1.0f);
     std::vector<float> want = y0, want_plain(T * out);
@@ -138,11 +146,110 @@ TEST(CudaOps, GemmBf16MatchesCpu) {
     MatMulWT(pool, x.data(), T, w.data(), out, in, want_plain.data(), /*accumulate=*/false);
     auto dx = UpBf16(x), dw = UpBf16(w);
     auto dy = Up(y0);
-    ASSERT_OK(MatMulBf16(nullptr, nullptr, dx.get(), T, dw.get(), out, in, dy.get(), true));
+    ASSERT_OK(MatMulBf16(blas, nullptr, dx.get(), T, dw.get(), out, in, dy.get(), true));
     EXPECT_LE(RelErr(Down(dy, T * out), want), 1e-2) << "gemv T " << T;
     Poison(dy);
-    ASSERT_OK(MatMulBf16(nullptr, nullptr, dx.get(), T, dw.get(), out, in, dy.get(), false));
+    ASSERT_OK(MatMulBf16(blas, nullptr, dx.get(), T, dw.get(), out, in, dy.get(), false));
     EXPECT_LE(RelErr(Down(dy, T * out), want_plain), 1e-2) << "gemv T " << T;
+    if (T > kMaxGemvTokens && T <= kMaxMmaTokens && in % 32 == 0) {
+      GemvArgs a;
+      a.tokens = T;
+      a.out_dim = out;
+      a.in_dim = in;
+      a.w = dw.get();
+      a.x = dx.get();
+      a.y = dy.get();
+      Poison(dy);
+      LaunchGemmMma(a, nullptr);
+      ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+      EXPECT_LE(RelErr(Down(dy, T * out), want_plain), 1e-2) << "mma T " << T;
+    }
+  }
+  cublasDestroy(blas);
+}
+
+// The skinny GEMV's fusions: RMSNorm of fp32 rows (through a row map) into its input, the
+// normalized rows written out, and the SwiGLU epilogue over a [gate; up] matrix.
+TEST(CudaOps, GemvFusedNormAndSwiGluMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(Seed());
+  ThreadPool pool(0);
+  const int D = 1024, out = 1000, F = 700;
+  for (int T : {1, 2, 3, 8}) {
+    const int rows_in = T + 2;
+    auto x = RandomBf16(rng, rows_in * D, 2.0f), nw = RandomBf16(rng, D, 0.5f, 1.0f);
+    std::vector<int32_t> rows(T);
+    for (int t = 0; t < T; ++t) rows[t] = (t * 5 + 1) % rows_in;
+    std::vector<float> xn(T * D);
+    for (int t = 0; t < T; ++t) RmsNorm(x.data() + rows[t] * D, nw.data(), D, 1e-5f, xn.data() + t * D);
+    for (float& v : xn) v = Bf16ToF32(F32ToBf16(v));
+    auto w = RandomBf16(rng, out * D, 0.05f), w2 = RandomBf16(rng, 2 * F * D, 0.05f);
+    std::vector<float> want(T * out), gu(T * 2 * F), act(T * F);
+    MatMulWT(pool, xn.data(), T, w.data(), out, D, want.data(), false);
+    MatMulWT(pool, xn.data(), T, w2.data(), 2 * F, D, gu.data(), false);
+    for (int t = 0; t < T; ++t) {
+      SiluMul(gu.data() + t * 2 * F, gu.data() + t * 2 * F + F, F);
+      std::copy(gu.begin() + t * 2 * F, gu.begin() + t * 2 * F + F, act.begin() + t * F);
+    }
+    auto dx = Up(x), dnw = Up(nw);
+    auto drows = Up(rows);
+    auto dw = UpBf16(w), dw2 = UpBf16(w2);
+    DeviceBuffer<float> dy;
+    DeviceBuffer<bf16> dact, dxn;
+    ASSERT_OK(dy.Reserve(T * out));
+    ASSERT_OK(dact.Reserve(T * F));
+    ASSERT_OK(dxn.Reserve(T * D));
+    Poison(dy);
+    Poison(dact);
+    Poison(dxn);
+    GemvArgs a;
+    a.tokens = T;
+    a.out_dim = out;
+    a.in_dim = D;
+    a.w = dw.get();
+    a.x_f32 = dx.get();
+    a.norm_weight = dnw.get();
+    a.eps = 1e-5f;
+    a.rows = drows.get();
+    a.y = dy.get();
+    LaunchGemv(a, nullptr);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    EXPECT_LE(RelErr(Down(dy, T * out), want), 1e-2) << "norm + store, T " << T;
+    a.out_dim = F;
+    a.w = dw2.get();
+    a.normed_out = dxn.get();
+    a.output = GemvOutput::kSwiGlu;
+    a.y = nullptr;
+    a.act = dact.get();
+    LaunchGemv(a, nullptr);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    EXPECT_LE(RelErr(DownBf16(dact, T * F), act), 1e-2) << "norm + swiglu, T " << T;
+    EXPECT_LE(RelErr(DownBf16(dxn, T * D), xn), 1e-2) << "normed rows, T " << T;
+  }
+  // The tensor-core kernel's SwiGLU epilogue (bf16 x, 9..64 tokens).
+  for (int T : {9, 30, 64}) {
+    auto x = RandomBf16(rng, T * D, 1.0f), w2 = RandomBf16(rng, 2 * F * D, 0.05f);
+    std::vector<float> gu(T * 2 * F), act(T * F);
+    MatMulWT(pool, x.data(), T, w2.data(), 2 * F, D, gu.data(), false);
+    for (int t = 0; t < T; ++t) {
+      SiluMul(gu.data() + t * 2 * F, gu.data() + t * 2 * F + F, F);
+      std::copy(gu.begin() + t * 2 * F, gu.begin() + t * 2 * F + F, act.begin() + t * F);
+    }
+    auto dx = UpBf16(x), dw2 = UpBf16(w2);
+    DeviceBuffer<bf16> dact;
+    ASSERT_OK(dact.Reserve(T * F));
+    Poison(dact);
+    GemvArgs a;
+    a.tokens = T;
+    a.out_dim = F;
+    a.in_dim = D;
+    a.w = dw2.get();
+    a.x = dx.get();
+    a.output = GemvOutput::kSwiGlu;
+    a.act = dact.get();
+    LaunchGemmMma(a, nullptr);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    EXPECT_LE(RelErr(DownBf16(dact, T * F), act), 1e-2) << "mma swiglu, T " << T;
   }
 }
 
@@ -180,11 +287,12 @@ TEST(CudaOps, RmsNormAndSwiGluMatchCpu) {
 }
 
 // RoPE + KV write + attention for a batch of sequences at different lengths, vs the CPU kernels
-// (ApplyRope, softmax over Dot) on the bf16-rounded cache.
-TEST(CudaOps, RopeAndAttentionMatchCpu) {
-  SKIP_WITHOUT_GPU();
+// (ApplyRope, softmax over Dot) on the bf16-rounded cache: the decode path (RoPE and the K/V
+// append inside the attention kernel) and the prefill path (RoPE kernel, then attention).
+void RunRopeAndAttention(int nh, int nkv, int hd) {
+  SCOPED_TRACE(testing::Message() << "nh " << nh << " nkv " << nkv << " hd " << hd);
   std::mt19937_64 rng(Seed());
-  const int nh = 16, nkv = 4, hd = 64, layers = 2, layer = 1, cap = 700, max_pos = 2048;
+  const int layers = 2, layer = 1, cap = 700, max_pos = 2048;
   const int width = nkv * hd, qkv_width = (nh + 2 * nkv) * hd;
   const std::vector<int> lengths = {1, 5, 130, 512, 699};  // position of each sequence's token
   const int T = static_cast<int>(lengths.size());
@@ -233,9 +341,52 @@ TEST(CudaOps, RopeAndAttentionMatchCpu) {
              want.data() + (t * nh + h) * hd, hd);
     }
   }
-  auto dqkv = Up(qkv);
   auto drope = Up(rope);
   auto dkv = Up(kv);
+  DeviceBuffer<int> counters;
+  ASSERT_OK(counters.Reserve(AttentionCounterInts(T, nkv)));
+  ASSERT_EQ(cudaMemset(counters.get(), 0, counters.size() * sizeof(int)), cudaSuccess);
+  // Decode path: the attention kernel rotates q and k and appends K/V itself (qkv unrotated).
+  for (int splits : {1, 3, 16}) {
+    auto dqkv = Up(qkv);
+    for (int s = 0; s < T; ++s) {
+      // The history again, the new positions poisoned: the kernel must write them.
+      std::vector<uint16_t> b(cache[s].size());
+      for (size_t i = 0; i < b.size(); ++i) b[i] = F32ToBf16(cache[s][i]);
+      for (int side = 0; side < 2; ++side) {
+        const size_t at = ((size_t(layer) * 2 + side) * cap + lengths[s]) * width;
+        for (int e = 0; e < width; ++e) b[at + e] = 0xffff;  // NaN: must be overwritten
+      }
+      ASSERT_EQ(cudaMemcpy(dcache[s].get(), b.data(), b.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    }
+    DeviceBuffer<float> scratch;
+    DeviceBuffer<bf16> out;
+    ASSERT_OK(scratch.Reserve(AttentionScratchFloats(T, nh, hd, splits)));
+    ASSERT_OK(out.Reserve(T * nh * hd));
+    Poison(out);
+    LaunchAttention(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, splits, scratch.get(),
+                    counters.get(), out.get(), nullptr);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    EXPECT_LE(RelErr(DownBf16(out, T * nh * hd), want), 1e-2) << "fused, splits " << splits;
+    for (int s = 0; s < T; ++s) {  // the appended K/V equal the CPU's bf16-rounded rows
+      auto got = DownBf16(dcache[s], cache[s].size());
+      for (int side = 0; side < 2; ++side) {
+        const size_t at = ((size_t(layer) * 2 + side) * cap + lengths[s]) * width;
+        std::vector<float> a(got.begin() + at, got.begin() + at + width);
+        std::vector<float> b(cache[s].begin() + at, cache[s].begin() + at + width);
+        EXPECT_LE(RelErr(a, b), 1e-5) << "appended K/V, sequence " << s << " side " << side;
+      }
+    }
+    // Twice more: the arrival counters are left at zero for the next call.
+    for (int again = 0; again < 2; ++again) {
+      dqkv = Up(qkv);  // the generic kernels rotate q in place
+      LaunchAttention(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, splits,
+                      scratch.get(), counters.get(), out.get(), nullptr);
+    }
+    EXPECT_LE(RelErr(DownBf16(out, T * nh * hd), want), 1e-2) << "fused again, splits " << splits;
+  }
+  // Prefill path: the RoPE kernel first (q rotated in qkv, K/V appended), then attention.
+  auto dqkv = Up(qkv);
   LaunchRopeAndCache(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, nullptr);
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
   for (int splits : {1, 3, 16}) {
@@ -244,7 +395,8 @@ TEST(CudaOps, RopeAndAttentionMatchCpu) {
     ASSERT_OK(scratch.Reserve(AttentionScratchFloats(T, nh, hd, splits)));
     ASSERT_OK(out.Reserve(T * nh * hd));
     Poison(out);
-    LaunchAttention(dqkv.get(), dkv.get(), T, nh, nkv, hd, layer, splits, scratch.get(), out.get(), nullptr);
+    LaunchAttention(dqkv.get(), dkv.get(), nullptr, T, nh, nkv, hd, layer, splits, scratch.get(),
+                    counters.get(), out.get(), nullptr);
     ASSERT_EQ(cudaGetLastError(), cudaSuccess);
     EXPECT_LE(RelErr(DownBf16(out, T * nh * hd), want), 1e-2) << "splits " << splits;
   }
@@ -255,6 +407,14 @@ TEST(CudaOps, RopeAndAttentionMatchCpu) {
     std::vector<float> b(q_cpu.begin() + t * qkv_width, q_cpu.begin() + t * qkv_width + nh * hd);
     EXPECT_LE(RelErr(a, b), 1e-5);
   }
+}
+
+TEST(CudaOps, RopeAndAttentionMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  RunRopeAndAttention(16, 4, 64);  // the fast kernel at the bench shape
+  RunRopeAndAttention(16, 2, 128);
+  RunRopeAndAttention(8, 4, 32);
+  RunRopeAndAttention(12, 4, 48);  // generic kernels (head_dim 48, group 3)
 }
 
 struct SelectCase {
@@ -294,6 +454,7 @@ void RunSelect(const SelectCase& c) {
   SelectRows(pool, mc, w, u.data(), T, D, &scratch, &want);
 
   auto du = UpBf16(u), dqp = UpBf16(w.query_proj), dkeys = UpBf16(w.keys_hat);
+  auto dkeys_f32 = Up(w.keys_hat);
   auto dqnw = Up(w.query_norm), dcores = Up(w.cores), dcu = Up(w.core_u), dcv = Up(w.core_v);
   auto dshuffle = Up(w.shuffle_index);
   DeviceBuffer<float> q, qn, S, sc;
@@ -314,7 +475,12 @@ void RunSelect(const SelectCase& c) {
   ASSERT_EQ(cublasCreate(&blas), CUBLAS_STATUS_SUCCESS);
   ASSERT_OK(GemmBf16(blas, du.get(), T, dqp.get(), 2 * c.key_dim, D, q.get(), false));
   LaunchQueryNorm(q.get(), dqnw.get(), T, c.key_dim, mc.norm_eps, qn.get(), nullptr);
-  LaunchKeyScores(qn.get(), dkeys.get(), T, H, static_cast<int>(nr), c.key_dim, S.get(), nullptr);
+  // As the engine chooses: the few-token kernel on bf16 keys, SGEMM on fp32 keys for wide steps.
+  if (T <= kMaxGemvTokens) {
+    LaunchKeyScores(qn.get(), dkeys.get(), T, H, static_cast<int>(nr), c.key_dim, S.get(), nullptr);
+  } else {
+    ASSERT_OK(KeyScoresGemm(blas, qn.get(), dkeys_f32.get(), T, H, static_cast<int>(nr), c.key_dim, S.get()));
+  }
   TopMShape shape{T, H, static_cast<int>(n), r, h, m, mc.NumRows()};
   LaunchMemoryTopM(shape, S.get(), dcores.get(), dcu.get(), dcv.get(), dshuffle.get(), rows.get(),
                    groups.get(), sc.get(), tix.get(), nullptr);
@@ -353,6 +519,8 @@ TEST(CudaOps, MemorySelectMatchesCpuOddShapes) {
   SKIP_WITHOUT_GPU();
   RunSelect({100, 12, 9, 24, 3, 5, 3, 3, false});
   RunSelect({50, 30, 1, 16, 1, 20, 1, 1, false});
+  RunSelect({5, 12, 9, 20, 3, 5, 3, 3, false});   // Dk % 8 != 0: the tiled score kernel
+  RunSelect({8, 64, 4, 64, 2, 16, 2, 2, false});   // the few-token kernel at 8 tokens
 }
 
 TEST(CudaOps, MemorySelectTiesGoToLowerIndex) {

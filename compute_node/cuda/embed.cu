@@ -1,10 +1,14 @@
 // Implementation of embed.cuh: one block per token, columns across threads.
 #include "compute_node/cuda/embed.cuh"
 
+#include "compute_node/cuda/launch.cuh"
+
 namespace ultramem::cuda {
 
 static __global__ void EmbedKernel(const __nv_bfloat16* table, const int32_t* ids, int dim,
                                    float* x) {
+  GridDependencyWait();
+  AllowDependents();
   const int t = blockIdx.x;
   const __nv_bfloat16* row = table + static_cast<int64_t>(ids[t]) * dim;
   float* out = x + static_cast<int64_t>(t) * dim;
@@ -14,7 +18,7 @@ static __global__ void EmbedKernel(const __nv_bfloat16* table, const int32_t* id
 void LaunchEmbed(const __nv_bfloat16* table, const int32_t* ids, int tokens, int dim, float* x,
                  cudaStream_t stream) {
   if (tokens == 0) return;
-  EmbedKernel<<<tokens, 256, 0, stream>>>(table, ids, dim, x);
+  LaunchKernel(EmbedKernel, dim3(tokens), dim3(256), 0, stream, table, ids, dim, x);
 }
 
 }  // namespace ultramem::cuda

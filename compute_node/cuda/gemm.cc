@@ -3,6 +3,7 @@
 #include "compute_node/cuda/gemm.h"
 
 #include "compute_node/cuda/cuda_check.h"
+#include "compute_node/cuda/gemm_mma.cuh"
 #include "compute_node/cuda/gemv.cuh"
 
 namespace ultramem::cuda {
@@ -29,7 +30,37 @@ absl::Status MatMulBf16(cublasHandle_t handle, cudaStream_t stream, const __nv_b
     CUDA_CHECK(cudaGetLastError());
     return absl::OkStatus();
   }
+  if (tokens <= kMmaPreferredMaxTokens && in_dim % 32 == 0 && GemmMmaEnabled()) {
+    GemvArgs a;
+    a.tokens = static_cast<int>(tokens);
+    a.out_dim = static_cast<int>(out_dim);
+    a.in_dim = static_cast<int>(in_dim);
+    a.w = w;
+    a.x = x;
+    a.output = accumulate ? GemvOutput::kAccumulate : GemvOutput::kStore;
+    a.y = y;
+    LaunchGemmMma(a, stream);
+    CUDA_CHECK(cudaGetLastError());
+    return absl::OkStatus();
+  }
   return GemmBf16(handle, x, tokens, w, out_dim, in_dim, y, accumulate);
+}
+
+absl::Status KeyScoresGemm(cublasHandle_t handle, const float* qn, const float* keys, int tokens,
+                           int heads, int key_rows, int key_dim, float* scores) {
+  if (tokens == 0) return absl::OkStatus();
+  // Column-major: scoresᵀ[key_rows, T] = K(col-major [Dk, key_rows])ᵀ · qnᵀ(col-major [Dk, T]),
+  // batched over heads for each side (strides skip the other side's planes).
+  const float alpha = 1.0f, beta = 0.0f;
+  const long long plane_keys = static_cast<long long>(key_rows) * key_dim;
+  const long long plane_scores = static_cast<long long>(tokens) * key_rows;
+  for (int side = 0; side < 2; ++side) {
+    CUBLAS_CHECK(cublasSgemmStridedBatched(
+        handle, CUBLAS_OP_T, CUBLAS_OP_N, key_rows, tokens, key_dim, &alpha, keys + side * plane_keys,
+        key_dim, 2 * plane_keys, qn + static_cast<long long>(side) * tokens * key_dim, key_dim, 0,
+        &beta, scores + side * plane_scores, key_rows, 2 * plane_scores, heads));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace ultramem::cuda

@@ -17,10 +17,16 @@ absl::Status GemmBf16(cublasHandle_t handle, const __nv_bfloat16* x, int64_t tok
                       const __nv_bfloat16* w, int64_t out_dim, int64_t in_dim, float* y,
                       bool accumulate);
 
-// The same product, choosing the kernel: the skinny GEMV kernel for a few tokens (gemv.cuh),
-// cuBLAS otherwise. Runs on `stream`, which must be the handle's stream.
+// The same product, choosing the kernel: the skinny GEMV kernel for a few tokens (gemv.cuh), the
+// tensor-core skinny kernel up to kMmaPreferredMaxTokens (gemm_mma.cuh), cuBLAS otherwise. Runs on `stream`, which must be the handle's stream.
 absl::Status MatMulBf16(cublasHandle_t handle, cudaStream_t stream, const __nv_bfloat16* x,
                         int64_t tokens, const __nv_bfloat16* w, int64_t out_dim, int64_t in_dim,
                         float* y, bool accumulate);
+
+// Memory-layer key scores for wide steps through fp32 SGEMM (no TF32: the top-m selections that
+// follow flip on small score changes). qn: [2][tokens][Dk]; keys: [H][2][key_rows][Dk] fp32;
+// scores: [H][2][tokens][key_rows]. The few-token kernel in memory_score.cuh reads bf16 keys.
+absl::Status KeyScoresGemm(cublasHandle_t handle, const float* qn, const float* keys, int tokens,
+                           int heads, int key_rows, int key_dim, float* scores);
 
 }  // namespace ultramem::cuda

@@ -1,7 +1,17 @@
-// Skinny products for decode steps of a few tokens: y[T, out] (+)= x[T, in] · W[out, in]ᵀ with
-// bf16 x and W, fp32 accumulation and output, T <= kMaxGemvTokens, in % 8 == 0. One warp per
-// output row, 16-byte loads: the weight matrix is streamed once at close to copy bandwidth
-// (cuBLAS's general kernels are tuned for wide products).
+// Skinny products for decode steps of a few tokens, T <= kMaxGemvTokens, in % 8 == 0, bf16
+// weights W[rows, in] with fp32 accumulation. One warp per output row (or row pair), 16-byte
+// loads, a grid of at most a few blocks per multiprocessor looping over rows: the weights are
+// streamed once (cuBLAS's general kernels are tuned for wide products). Fusions that save a
+// launch and a round trip each:
+//   input:    x bf16 [T, in], or fp32 rows RMS-normalized in each block's prologue
+//             (x[t] = bf16(x_f32[src_t] / sqrt(mean(x_f32[src_t]²) + eps) · norm_weight),
+//             src_t = rows ? rows[t] : t), optionally also written to `normed_out` [T, in];
+//   output:   y fp32 [T, out] stored or accumulated (the residual add), or the SwiGLU
+//             activation act[t, i] = bf16(silu(g_i) · u_i) where g = W[i]·x, u = W[out + i]·x
+//             (W is then the fused [gate; up] matrix of 2·out rows).
+// Launched with programmatic dependent launch (launch.cuh): each warp loads its first batch of
+// weights into registers (and asks L2 for the rest of its first rows) before waiting on the
+// previous kernel.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -13,6 +23,29 @@ namespace ultramem::cuda {
 
 inline constexpr int kMaxGemvTokens = 8;
 
+enum class GemvOutput { kStore, kAccumulate, kSwiGlu };
+
+struct GemvArgs {
+  int tokens = 0;
+  int out_dim = 0;  // rows of y (for kSwiGlu: columns of act; W has 2·out_dim rows)
+  int in_dim = 0;
+  const __nv_bfloat16* w = nullptr;
+  // Input: x, or x_f32 (+ norm_weight, eps, rows, normed_out).
+  const __nv_bfloat16* x = nullptr;
+  const float* x_f32 = nullptr;
+  const float* norm_weight = nullptr;
+  float eps = 0.0f;
+  const int32_t* rows = nullptr;
+  __nv_bfloat16* normed_out = nullptr;
+  // Output.
+  GemvOutput output = GemvOutput::kStore;
+  float* y = nullptr;
+  __nv_bfloat16* act = nullptr;
+};
+
+void LaunchGemv(const GemvArgs& args, cudaStream_t stream);
+
+// y[T, out] (+)= x[T, in] · W[out, in]ᵀ.
 void LaunchGemvBf16(const __nv_bfloat16* x, int tokens, const __nv_bfloat16* w, int out_dim,
                     int in_dim, float* y, bool accumulate, cudaStream_t stream);
 

@@ -4,10 +4,14 @@
 
 #include <cstdint>
 
+#include "compute_node/cuda/launch.cuh"
+
 namespace ultramem::cuda {
 
 static __global__ void QueryNormKernel(const float* q, const float* weight, int tokens, int key_dim,
                                        float eps, float* qn) {
+  GridDependencyWait();
+  AllowDependents();
   const int t = blockIdx.x, side = blockIdx.y;
   const float* in = q + (static_cast<int64_t>(t) * 2 + side) * key_dim;
   float sum = 0.0f;
@@ -28,6 +32,8 @@ static constexpr int kRows = 64, kToks = 16, kDk = 64, kThreads = 256;
 static __global__ void __launch_bounds__(kThreads)
     KeyScoresKernel(const float* qn, const __nv_bfloat16* keys_hat, int tokens, int key_rows,
                     int key_dim, float* scores) {
+  GridDependencyWait();
+  AllowDependents();
   const int hs = blockIdx.z;  // head·2 + side
   const int side = hs & 1;
   const int row0 = blockIdx.x * kRows, tok0 = blockIdx.y * kToks;
@@ -78,6 +84,12 @@ static __global__ void __launch_bounds__(kWarps * 32)
                          int key_dim, int total_rows, float* scores) {
   const int lane = threadIdx.x & 31;
   const int grow = blockIdx.x * kWarps + (threadIdx.x >> 5);  // over [H·2][key_rows]
+  // The keys are constant: ask L2 for this warp's row while the query kernels finish.
+  if (grow < total_rows && lane == 0 && key_dim % 8 == 0) {
+    PrefetchL2(keys_hat + static_cast<int64_t>(grow) * key_dim, key_dim * 2);
+  }
+  GridDependencyWait();
+  AllowDependents();
   if (grow >= total_rows) return;
   const int hs = grow / key_rows, row = grow - hs * key_rows;
   const int side = hs & 1;
@@ -118,7 +130,7 @@ static __global__ void __launch_bounds__(kWarps * 32)
 void LaunchQueryNorm(const float* q, const float* weight, int tokens, int key_dim, float eps,
                      float* qn, cudaStream_t stream) {
   if (tokens == 0) return;
-  QueryNormKernel<<<dim3(tokens, 2), 128, 0, stream>>>(q, weight, tokens, key_dim, eps, qn);
+  LaunchKernel(QueryNormKernel, dim3(tokens, 2), dim3(128), 0, stream, q, weight, tokens, key_dim, eps, qn);
 }
 
 void LaunchKeyScores(const float* qn, const __nv_bfloat16* keys_hat, int tokens, int heads,
@@ -126,12 +138,12 @@ void LaunchKeyScores(const float* qn, const __nv_bfloat16* keys_hat, int tokens,
   if (tokens == 0) return;
   if (tokens <= kSmallTokens && key_dim % 8 == 0) {
     const int total = heads * 2 * key_rows;
-    KeyScoresSmallKernel<kSmallTokens><<<(total + kWarps - 1) / kWarps, kWarps * 32, 0, stream>>>(
-        qn, keys_hat, tokens, key_rows, key_dim, total, scores);
+    LaunchKernel(KeyScoresSmallKernel<kSmallTokens>, dim3((total + kWarps - 1) / kWarps),
+                 dim3(kWarps * 32), 0, stream, qn, keys_hat, tokens, key_rows, key_dim, total, scores);
     return;
   }
   const dim3 grid((key_rows + kRows - 1) / kRows, (tokens + kToks - 1) / kToks, heads * 2);
-  KeyScoresKernel<<<grid, kThreads, 0, stream>>>(qn, keys_hat, tokens, key_rows, key_dim, scores);
+  LaunchKernel(KeyScoresKernel, grid, dim3(kThreads), 0, stream, qn, keys_hat, tokens, key_rows, key_dim, scores);
 }
 
 }  // namespace ultramem::cuda

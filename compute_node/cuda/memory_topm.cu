@@ -5,9 +5,11 @@
 
 #include <cmath>
 
+#include "compute_node/cuda/launch.cuh"
+
 namespace ultramem::cuda {
 
-static constexpr int kThreads = 256;
+static constexpr int kThreads = 512;
 
 // Order-preserving map: larger float -> larger key. NaN ranks as -inf (ties then go to the lower
 // index, as on the CPU); -0 equals +0.
@@ -18,23 +20,41 @@ static __device__ __forceinline__ uint32_t OrderKey(float x) {
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
+// Barrier over `nthreads` threads (whole warps): the block (bar 0) or a named part of it.
+static __device__ __forceinline__ void Sync(int bar, int nthreads) {
+  if (bar == 0) {
+    __syncthreads();
+  } else {
+    asm volatile("bar.sync %0, %1;" ::"r"(bar), "r"(nthreads) : "memory");
+  }
+}
+
 // Writes the indices of the m largest keys[0..n) to out[0..m) in descending order (ties: lower
-// index first). scratch: 256 + 8 ints; cand: m ints. All threads of the block must call it.
+// index first). scratch: 256 + 8 ints; cand: m ints. Called by `nthreads` threads (whole warps,
+// local ids tid = 0..nthreads-1) that share barrier `bar` (0: the whole block).
 static __device__ void BlockTopM(const uint32_t* keys, int n, int m, int* out, int* scratch,
-                                 int* cand) {
+                                 int* cand, int tid, int nthreads, int bar) {
   int* hist = scratch;       // [256]
   int* sh = scratch + 256;   // [0] prefix, [1] remaining, [2] counter
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int lane = tid & 31, warp = tid >> 5;
+  const int n_round = (n + 31) & ~31;  // whole warps stay converged
   uint32_t prefix = 0, mask = 0;
   int remaining = m;
   for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int b = tid; b < 256; b += kThreads) hist[b] = 0;
-    __syncthreads();
-    for (int i = tid; i < n; i += kThreads) {
-      const uint32_t k = keys[i];
-      if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255u], 1);
+    for (int b = tid; b < 256; b += nthreads) hist[b] = 0;
+    Sync(bar, nthreads);
+    // Warp-aggregated: the leading digits of near-equal scores are few, so plain atomics would
+    // serialize on a handful of bins.
+    for (int i = tid; i < n_round; i += nthreads) {
+      int digit = 256;  // none
+      if (i < n) {
+        const uint32_t k = keys[i];
+        if ((k & mask) == prefix) digit = static_cast<int>((k >> shift) & 255u);
+      }
+      const unsigned peers = __match_any_sync(0xffffffffu, digit);
+      if (digit < 256 && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
     }
-    __syncthreads();
+    Sync(bar, nthreads);
     if (warp == 0) {
       // Lane L scans digits 255-8L .. 248-8L (descending).
       int local = 0;
@@ -59,39 +79,39 @@ static __device__ void BlockTopM(const uint32_t* keys, int n, int m, int* out, i
         }
       }
     }
-    __syncthreads();
+    Sync(bar, nthreads);
     prefix = static_cast<uint32_t>(sh[0]);
     remaining = sh[1];
     mask |= 255u << shift;
-    __syncthreads();
+    Sync(bar, nthreads);
   }
   // prefix is the m-th largest key; take every key above it and the `remaining` lowest-index ties.
   const uint32_t thr = prefix;
   const int above = m - remaining;
   if (tid == 0) sh[2] = 0;
-  __syncthreads();
-  for (int i = tid; i < n; i += kThreads) {
+  Sync(bar, nthreads);
+  for (int i = tid; i < n; i += nthreads) {
     if (keys[i] > thr) cand[atomicAdd(&sh[2], 1)] = i;
   }
   int taken = 0;
-  for (int base = 0; base < n && taken < remaining; base += kThreads) {
+  for (int base = 0; base < n && taken < remaining; base += nthreads) {
     const int i = base + tid;
     const bool tie = i < n && keys[i] == thr;
     const unsigned ballot = __ballot_sync(0xffffffffu, tie);
     if (lane == 0) hist[warp] = __popc(ballot);
-    __syncthreads();
+    Sync(bar, nthreads);
     int before = 0, total = 0;
-    for (int w = 0; w < kThreads / 32; ++w) {
+    for (int w = 0; w < nthreads / 32; ++w) {
       if (w < warp) before += hist[w];
       total += hist[w];
     }
     const int rank = taken + before + __popc(ballot & ((1u << lane) - 1u));
     if (tie && rank < remaining) cand[above + rank] = i;
     taken += total;
-    __syncthreads();
+    Sync(bar, nthreads);
   }
-  __syncthreads();
-  for (int c = tid; c < m; c += kThreads) {
+  Sync(bar, nthreads);
+  for (int c = tid; c < m; c += nthreads) {
     const int i = cand[c];
     const uint32_t k = keys[i];
     int rank = 0;
@@ -102,13 +122,15 @@ static __device__ void BlockTopM(const uint32_t* keys, int n, int m, int* out, i
     }
     out[rank] = i;
   }
-  __syncthreads();
+  Sync(bar, nthreads);
 }
 
 static __global__ void __launch_bounds__(kThreads)
     MemoryTopMKernel(TopMShape s, const float* scores, const float* cores, const float* core_u,
                      const float* core_v, const int64_t* shuffle, int64_t* rows, int32_t* groups,
                      float* scores_out, int64_t* t_index) {
+  GridDependencyWait();
+  AllowDependents();
   const int t = blockIdx.x, h = blockIdx.y;
   const int n = s.num_keys, r = s.rank, m = s.topk, hc = s.cores, mm = m * m;
   const int64_t nr = static_cast<int64_t>(n) * r;
@@ -122,6 +144,8 @@ static __global__ void __launch_bounds__(kThreads)
   int* best = i_col + m;                        // [m]
   int* cand = best + m;                         // [m]
   int* scratch = cand + m;                      // [256 + 8]
+  int* cand2 = scratch + 256 + 8;               // [m]     the column selection's own
+  int* scratch2 = cand2 + m;                    // [256 + 8]
 
   const float* s_row = scores + ((static_cast<int64_t>(h) * 2 + 0) * s.tokens + t) * nr;
   const float* s_col = scores + ((static_cast<int64_t>(h) * 2 + 1) * s.tokens + t) * nr;
@@ -138,9 +162,14 @@ static __global__ void __launch_bounds__(kThreads)
     key_col[i] = OrderKey(pc);
   }
   __syncthreads();
-  // Step 6.
-  BlockTopM(key_row, n, m, i_row, scratch, cand);
-  BlockTopM(key_col, n, m, i_col, scratch, cand);
+  // Step 6: rows on the first half of the block, columns on the second, at the same time.
+  constexpr int kHalf = kThreads / 2;
+  if (threadIdx.x < kHalf) {
+    BlockTopM(key_row, n, m, i_row, scratch, cand, threadIdx.x, kHalf, 1);
+  } else {
+    BlockTopM(key_col, n, m, i_col, scratch2, cand2, threadIdx.x - kHalf, kHalf, 2);
+  }
+  __syncthreads();
   // Step 7: G_c[x, y] = S_row[I_row[x]] · core_c · S_col[I_col[y]]ᵀ, G = Σ_c G_c.
   for (int e = threadIdx.x; e < mm; e += kThreads) {
     const int x = e / m, y = e - x * m;
@@ -162,7 +191,7 @@ static __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   // Step 8, then step 9.
-  BlockTopM(key_g, mm, m, best, scratch, cand);
+  BlockTopM(key_g, mm, m, best, scratch, cand, threadIdx.x, kThreads, 0);
   const int K = s.heads * m;
   for (int k = threadIdx.x; k < m; k += kThreads) {
     const int j = best[k];
@@ -183,13 +212,13 @@ void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* 
   if (shape.tokens == 0) return;
   const int m = shape.topk, mm = m * m;
   const size_t smem = sizeof(uint32_t) * (2 * shape.num_keys + mm) +
-                      sizeof(float) * shape.cores * mm + sizeof(int) * (4 * m + 256 + 8);
+                      sizeof(float) * shape.cores * mm + sizeof(int) * (5 * m + 2 * (256 + 8));
   if (smem > 48 * 1024) {
     cudaFuncSetAttribute(MemoryTopMKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          static_cast<int>(smem));
   }
-  MemoryTopMKernel<<<dim3(shape.tokens, shape.heads), kThreads, smem, stream>>>(
-      shape, scores, cores, core_u, core_v, shuffle, rows, groups, scores_out, t_index);
+  LaunchKernel(MemoryTopMKernel, dim3(shape.tokens, shape.heads), dim3(kThreads), smem, stream,
+               shape, scores, cores, core_u, core_v, shuffle, rows, groups, scores_out, t_index);
 }
 
 }  // namespace ultramem::cuda

@@ -1,8 +1,10 @@
-// Implementation of pool.cuh: one block per token; threads own columns (accumulators in shared
-// memory), so selections need no atomics.
+// Implementation of pool.cuh: threads own columns (accumulators in shared memory), so selections
+// need no atomics.
 #include "compute_node/cuda/pool.cuh"
 
 #include <algorithm>
+
+#include "compute_node/cuda/launch.cuh"
 
 namespace ultramem::cuda {
 
@@ -12,6 +14,8 @@ static __global__ void __launch_bounds__(kThreads)
     DevicePoolKernel(const __nv_bfloat16* values, const int64_t* rows, const int32_t* groups,
                      const float* scores, int selections, int expand, int value_dim, int cores,
                      __nv_bfloat16* y) {
+  GridDependencyWait();
+  AllowDependents();
   extern __shared__ float acc[];  // [E][Dv]
   const int t = blockIdx.x;
   const int chunk = value_dim / cores;
@@ -33,29 +37,35 @@ static __global__ void __launch_bounds__(kThreads)
   for (int e = threadIdx.x; e < expand * value_dim; e += kThreads) out[e] = __float2bfloat16(acc[e]);
 }
 
-// Vector path (Dv and the chunk width multiples of 8): the block's threads form S slices, each
-// covering every 8-column group of a row with one 16-byte load; slice s pools selections s, s+S,
-// ... with 8 row loads in flight, into its own shared accumulator; the slices are summed at the
-// end. Many independent loads per token instead of one chain: a decode step's few tokens no
-// longer wait on 64 row latencies in a row.
+// Vector path (Dv and the chunk width multiples of 8): a block pools one token's columns
+// [g0·8, g1·8) (a decode step's few tokens get several blocks each); its threads form S slices,
+// each covering every 8-column group of the range with one 16-byte load; slice s pools selections
+// s, s+S, ... with 8 row loads in flight, into its own shared accumulator; the slices are summed
+// at the end.
 static constexpr int kVecThreads = 256;
 static constexpr int kSmemFloats = 12288;  // 48 KB
 
 static __global__ void __launch_bounds__(kVecThreads)
     DevicePoolVecKernel(const __nv_bfloat16* values, const int64_t* rows, const int32_t* groups,
                         const float* scores, int selections, int expand, int value_dim, int cores,
-                        int slices, __nv_bfloat16* y) {
-  extern __shared__ float acc[];  // [slices][E][Dv]
+                        int groups_per_block, int slices, __nv_bfloat16* y) {
+  GridDependencyWait();
+  AllowDependents();
+  extern __shared__ float acc[];  // [slices][E][groups_per_block·8]
   const int t = blockIdx.x;
   const int cols8 = value_dim / 8;
+  const int g0 = blockIdx.y * groups_per_block;
+  const int cw = min(cols8, g0 + groups_per_block) - g0;  // 8-column groups in this block
+  const int width = groups_per_block * 8;
   const int chunk = value_dim / cores;
-  const int ev = expand * value_dim;
-  for (int e = threadIdx.x; e < slices * ev; e += kVecThreads) acc[e] = 0.0f;
+  const int slab = expand * width;
+  for (int e = threadIdx.x; e < slices * slab; e += kVecThreads) acc[e] = 0.0f;
   __syncthreads();
-  const int s = threadIdx.x / cols8, c8 = (threadIdx.x % cols8) * 8;
+  const int s = threadIdx.x / groups_per_block, gl = threadIdx.x % groups_per_block;
+  const int c8 = (g0 + gl) * 8;
   const int64_t base = static_cast<int64_t>(t) * selections;
-  if (s < slices) {
-    float* my = acc + s * ev;
+  if (s < slices && gl < cw) {
+    float* my = acc + s * slab + gl * 8;
     const int core = c8 / chunk;
     for (int k0 = s; k0 < selections; k0 += 8 * slices) {
       uint4 raw[8];
@@ -71,7 +81,7 @@ static __global__ void __launch_bounds__(kVecThreads)
         const int k = k0 + u * slices;
         if (k >= selections) break;
         const float w = scores[(base + k) * cores + core];
-        float* a = my + groups[base + k] * value_dim + c8;
+        float* a = my + groups[base + k] * width;
         const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&raw[u]);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -83,15 +93,18 @@ static __global__ void __launch_bounds__(kVecThreads)
     }
   }
   __syncthreads();
-  __nv_bfloat16* out = y + static_cast<int64_t>(t) * ev;
-  for (int e = threadIdx.x; e < ev; e += kVecThreads) {
+  __nv_bfloat16* out = y + static_cast<int64_t>(t) * expand * value_dim;
+  for (int e = threadIdx.x; e < expand * cw * 8; e += kVecThreads) {
+    const int g = e / (cw * 8), c = e - g * (cw * 8);
     float sum = 0.0f;
-    for (int q = 0; q < slices; ++q) sum += acc[q * ev + e];
-    out[e] = __float2bfloat16(sum);
+    for (int q = 0; q < slices; ++q) sum += acc[q * slab + g * width + c];
+    out[g * value_dim + g0 * 8 + c] = __float2bfloat16(sum);
   }
 }
 
 static __global__ void ToBf16Kernel(const float* in, int64_t count, __nv_bfloat16* out) {
+  GridDependencyWait();
+  AllowDependents();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     out[i] = __float2bfloat16(in[i]);
@@ -106,9 +119,14 @@ void LaunchDevicePool(const __nv_bfloat16* values, const int64_t* rows, const in
   const int cols8 = value_dim / 8;
   if (value_dim % 8 == 0 && chunk % 8 == 0 && cols8 <= kVecThreads &&
       expand * value_dim <= kSmemFloats) {
-    const int slices = std::max(1, std::min(kVecThreads / cols8, kSmemFloats / (expand * value_dim)));
-    DevicePoolVecKernel<<<tokens, kVecThreads, sizeof(float) * slices * expand * value_dim, stream>>>(
-        values, rows, groups, scores, selections, expand, value_dim, cores, slices, y);
+    // Few tokens: 64-column blocks, so that a decode step's lookups spread over many SMs.
+    const int groups_per_block = tokens < SmCount() ? std::min(cols8, 8) : cols8;
+    const int col_blocks = (cols8 + groups_per_block - 1) / groups_per_block;
+    int slices = std::min(kVecThreads / groups_per_block, kSmemFloats / (expand * groups_per_block * 8));
+    slices = std::max(1, std::min(slices, (selections + 3) / 4));
+    LaunchKernel(DevicePoolVecKernel, dim3(tokens, col_blocks), dim3(kVecThreads),
+                 sizeof(float) * slices * expand * groups_per_block * 8, stream, values, rows,
+                 groups, scores, selections, expand, value_dim, cores, groups_per_block, slices, y);
     return;
   }
   const size_t smem = sizeof(float) * expand * value_dim;
@@ -116,14 +134,14 @@ void LaunchDevicePool(const __nv_bfloat16* values, const int64_t* rows, const in
     cudaFuncSetAttribute(DevicePoolKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          static_cast<int>(smem));
   }
-  DevicePoolKernel<<<tokens, kThreads, smem, stream>>>(values, rows, groups, scores, selections,
-                                                       expand, value_dim, cores, y);
+  LaunchKernel(DevicePoolKernel, dim3(tokens), dim3(kThreads), smem, stream, values, rows, groups,
+               scores, selections, expand, value_dim, cores, y);
 }
 
 void LaunchToBf16(const float* in, int64_t count, __nv_bfloat16* out, cudaStream_t stream) {
   if (count == 0) return;
   const int blocks = static_cast<int>(std::min<int64_t>((count + 255) / 256, 4096));
-  ToBf16Kernel<<<blocks, 256, 0, stream>>>(in, count, out);
+  LaunchKernel(ToBf16Kernel, dim3(blocks), dim3(256), 0, stream, in, count, out);
 }
 
 }  // namespace ultramem::cuda

@@ -1,6 +1,8 @@
 // Implementation of rms_norm.cuh: one block per row, a block-wide sum of squares in fp32.
 #include "compute_node/cuda/rms_norm.cuh"
 
+#include "compute_node/cuda/launch.cuh"
+
 namespace ultramem::cuda {
 
 static constexpr int kThreads = 256;
@@ -8,6 +10,8 @@ static constexpr int kThreads = 256;
 static __global__ void RmsNormKernel(const float* x, const float* w, int dim, float eps,
                                      const int32_t* rows, __nv_bfloat16* out,
                                      __nv_bfloat16* out2) {
+  GridDependencyWait();
+  AllowDependents();
   const int i = blockIdx.x;
   const int src = rows != nullptr ? rows[i] : i;
   const float* in = x + static_cast<int64_t>(src) * dim;
@@ -33,7 +37,7 @@ void LaunchRmsNorm(const float* x, const float* w, int rows_count, int dim, floa
                    const int32_t* rows, __nv_bfloat16* out, __nv_bfloat16* out2,
                    cudaStream_t stream) {
   if (rows_count == 0) return;
-  RmsNormKernel<<<rows_count, kThreads, 0, stream>>>(x, w, dim, eps, rows, out, out2);
+  LaunchKernel(RmsNormKernel, dim3(rows_count), dim3(kThreads), 0, stream, x, w, dim, eps, rows, out, out2);
 }
 
 }  // namespace ultramem::cuda

@@ -1,11 +1,15 @@
 // Implementation of rope.cuh: one block per token; each thread rotates (head, i) pairs.
 #include "compute_node/cuda/rope.cuh"
 
+#include "compute_node/cuda/launch.cuh"
+
 namespace ultramem::cuda {
 
 static __global__ void RopeAndCacheKernel(float* qkv, const TokenKv* kv, const float2* rope,
                                           int num_heads, int num_kv_heads, int head_dim,
                                           int layer) {
+  GridDependencyWait();
+  AllowDependents();
   const int t = blockIdx.x;
   const int half = head_dim / 2;
   const int width = num_kv_heads * head_dim;
@@ -40,8 +44,8 @@ void LaunchRopeAndCache(float* qkv, const TokenKv* kv, const float2* rope, int t
                         int num_heads, int num_kv_heads, int head_dim, int layer,
                         cudaStream_t stream) {
   if (tokens == 0) return;
-  RopeAndCacheKernel<<<tokens, 128, 0, stream>>>(qkv, kv, rope, num_heads, num_kv_heads,
-                                                 head_dim, layer);
+  LaunchKernel(RopeAndCacheKernel, dim3(tokens), dim3(128), 0, stream, qkv, kv, rope, num_heads,
+               num_kv_heads, head_dim, layer);
 }
 
 }  // namespace ultramem::cuda

@@ -1,0 +1,40 @@
+// Implementation of launch.cuh's host helpers.
+#include "compute_node/cuda/launch.cuh"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace ultramem::cuda {
+
+bool PdlEnabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("UM_CUDA_PDL");
+    if (v != nullptr && std::strcmp(v, "0") == 0) return false;
+    int device = 0, major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+    return major >= 9;
+  }();
+  return enabled;
+}
+
+namespace {
+thread_local bool pdl_on_this_thread = true;
+}  // namespace
+
+ScopedPdl::ScopedPdl(bool enable) : saved_(pdl_on_this_thread) { pdl_on_this_thread = enable; }
+ScopedPdl::~ScopedPdl() { pdl_on_this_thread = saved_; }
+
+bool PdlActive() { return pdl_on_this_thread && PdlEnabled(); }
+
+int SmCount() {
+  static const int count = [] {
+    int device = 0, n = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return 1;
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) return 1;
+    return n > 0 ? n : 1;
+  }();
+  return count;
+}
+
+}  // namespace ultramem::cuda

@@ -1,0 +1,80 @@
+// Kernel launches with programmatic dependent launch (PDL, sm_90): a kernel launched through
+// LaunchKernel may be scheduled while the previous kernel of its stream is still running, so its
+// launch latency and any prologue that reads no earlier output (a GEMV's first weight loads)
+// overlap that kernel's tail. Contract for every kernel launched this way: each block calls
+// GridDependencyWait() before it reads anything an earlier kernel wrote and before it can exit
+// (otherwise the grid could complete before its predecessor and break the chain for the next
+// kernel). Without PDL (UM_CUDA_PDL=0 in the environment, or a pre-sm_90 device) the wait is a
+// no-op and launches are ordinary.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <utility>
+
+namespace ultramem::cuda {
+
+// True unless the environment sets UM_CUDA_PDL=0 (read once).
+bool PdlEnabled();
+
+// While alive, kernels that this thread launches through LaunchKernel use PDL only if `enable`
+// (and PdlEnabled()). Scopes nest.
+class ScopedPdl {
+ public:
+  explicit ScopedPdl(bool enable);
+  ~ScopedPdl();
+  ScopedPdl(const ScopedPdl&) = delete;
+  ScopedPdl& operator=(const ScopedPdl&) = delete;
+
+ private:
+  bool saved_;
+};
+
+// PdlEnabled() and not switched off on this thread by a ScopedPdl.
+bool PdlActive();
+
+// The number of multiprocessors of the current device (read once).
+int SmCount();
+
+__device__ __forceinline__ void GridDependencyWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Lets the next kernel of the stream be scheduled now (it still waits for this grid to complete
+// before reading its outputs).
+__device__ __forceinline__ void AllowDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Asks L2 for `bytes` (a multiple of 16, 16-byte aligned) at `p`: a hint that holds no registers
+// and needs no completion, for data that no earlier kernel writes (weights, old cache rows),
+// issued before GridDependencyWait().
+__device__ __forceinline__ void PrefetchL2(const void* p, int bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute when enabled. Errors
+// surface through cudaGetLastError() as for <<<>>>.
+template <typename... Params, typename... Args>
+void LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                  cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = attr;
+  config.numAttrs = PdlActive() && stream != nullptr ? 1 : 0;  // not on the legacy stream
+  cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+}  // namespace ultramem::cuda
