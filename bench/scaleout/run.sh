@@ -25,9 +25,15 @@ export LD_LIBRARY_PATH=$PWD/.device/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:
 B=${UM_BIN:-$PWD/.device/bin}
 OUT=${OUT:-$(mktemp -d)}
 W=$(mktemp -d /tmp/um_scaleout_XXXXXX)
+mkdir -p "$OUT"
 RESULTS=$OUT/scaleout.jsonl
 : > "$RESULTS"
 BATCHES=${UM_BATCHES:-1,16,64,256}
+PROMPT=${UM_PROMPT:-512}
+KNUM_FITS=${UM_KNUM_FITS:-3072}
+KNUM_LARGE=${UM_KNUM_LARGE:-6144}
+BACKEND=${UM_BACKEND:-cuda}       # cpu for a dry run of this script on a machine without a GPU
+MEM_DEVICE=${UM_MEM_DEVICE:-cuda}
 SHARDS_FITS=${UM_SHARDS_FITS:-1 2 4 7}
 SHARDS_LARGE=${UM_SHARDS_LARGE:-2 4 7}
 [ "${UM_LARGE_ONE:-0}" = 1 ] && SHARDS_LARGE="1 $SHARDS_LARGE"
@@ -60,8 +66,8 @@ PY
     --shuffle_dtype I32 --synthetic_values_seed 7
 }
 echo "== checkpoints (dense weights, keys, shuffle indices; values synthetic, seed 7)"
-make_model fits 3072 & p1=$!
-make_model large 6144 & p2=$!
+make_model fits "$KNUM_FITS" & p1=$!
+make_model large "$KNUM_LARGE" & p2=$!
 wait $p1 $p2
 du -sh "$W/fits" "$W/large"
 echo "checkpoints ready after $(elapsed)"
@@ -76,8 +82,8 @@ record() {  # model shards json-lines...
 }
 
 bench() {  # model [flags...]: prints the bench's JSON lines
-  CUDA_VISIBLE_DEVICES=0 "$B/ultramem-bench-decode" --model "$W/$1" --backend cuda \
-    --batch "$BATCHES" --prompt 512 --steps 32 "${@:2}"
+  CUDA_VISIBLE_DEVICES=0 "$B/ultramem-bench-decode" --model "$W/$1" --backend "$BACKEND" \
+    --batch "$BATCHES" --prompt "$PROMPT" --steps 32 "${@:2}"
 }
 
 run_shards() {  # model knum shards
@@ -97,7 +103,7 @@ run_shards() {  # model knum shards
     local gpu
     gpu=$(gpu_of_server "$i")
     CUDA_VISIBLE_DEVICES=$gpu "$B/ultramem-memory-server" --store-dir "$W/store-$model-$i" \
-      --listen "unix:$W/m-$model-$S-$i.sock" --metrics-listen "" --device cuda \
+      --listen "unix:$W/m-$model-$S-$i.sock" --metrics-listen "" --device "$MEM_DEVICE" \
       --hot-capacity-bytes "$cap" > "$W/mem-$model-$S-$i.log" 2>&1 &
     pids+=($!)
     echo "shards { name: \"m$i\" block { row_begin: $lo row_end: $hi } replicas: \"unix:$W/m-$model-$S-$i.sock\" }" >> "$map"
@@ -117,8 +123,8 @@ run_shards() {  # model knum shards
 echo "== fits: in-process (values on GPU 0)"
 mapfile -t lines < <(bench fits)
 record fits 0 "${lines[@]}"
-for S in $SHARDS_FITS; do run_shards fits 3072 "$S"; done
-for S in $SHARDS_LARGE; do run_shards large 6144 "$S"; done
+for S in $SHARDS_FITS; do run_shards fits "$KNUM_FITS" "$S"; done
+for S in $SHARDS_LARGE; do run_shards large "$KNUM_LARGE" "$S"; done
 
 echo "== summary ($(elapsed))"
 python3 - "$RESULTS" <<'PY'
