@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tokens/s against memory shards from bench/scaleout/run.sh's scaleout.jsonl.
 
-    /usr/bin/python3 bench/scaleout/plot.py bench/scaleout/scaleout.jsonl bench/scaleout/tokens_per_s.png
+    /usr/bin/python3 bench/scaleout/plot.py bench/scaleout/scaleout.jsonl bench/scaleout/tokens_per_s.png [TITLE]
 
 One panel per model; one line per batch size; the in-process engine (shards 0 in the file) as a
 dashed level where it was measured.
@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def main(src, dst):
+def main(src, dst, title=None):
     rows = [json.loads(line) for line in open(src) if line.strip()]
     models = sorted({r["model"] for r in rows}, key=lambda m: (m != "fits", m))
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
@@ -46,9 +46,11 @@ def main(src, dst):
         ax.set_title(f"{model}: {title.get(model, model)}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(dst, dpi=110)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)
