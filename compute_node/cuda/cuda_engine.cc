@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/cuda/synthetic_fill.cuh"
 #include "common/dtype.h"
 #include "common/status.h"
 #include "compute_node/cuda/attention.cuh"
@@ -32,7 +33,6 @@
 #include "compute_node/cuda/rms_norm.cuh"
 #include "compute_node/cuda/rope.cuh"
 #include "compute_node/cuda/swiglu.cuh"
-#include "compute_node/cuda/synthetic.cuh"
 
 namespace ultramem {
 namespace cuda {
@@ -60,10 +60,8 @@ absl::Status UploadValues(const Checkpoint& ckpt, int layer, DeviceBuffer<bf16>*
   if (ckpt.synthetic_values()) {  // declared, not stored: computed in place on the device
     const MemoryConfig& m = *ckpt.config().memory;
     UM_RETURN_IF_ERROR(out->Reserve(static_cast<size_t>(m.NumRows()) * m.value_dim));
-    LaunchFillSynthetic(*ckpt.synthetic_values(), layer, 0, m.NumRows(), 0, m.value_dim,
-                        out->get(), nullptr);
-    CUDA_CHECK(cudaGetLastError());
-    return absl::OkStatus();
+    return LaunchFillSyntheticBf16(*ckpt.synthetic_values(), layer, 0, m.NumRows(), 0,
+                                   m.value_dim, out->get(), nullptr);
   }
   UM_ASSIGN_OR_RETURN(TensorView view, ckpt.Get(name));
   const size_t count = static_cast<size_t>(view.NumElements());

@@ -13,7 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "memory_server/cuda/cuda_check.h"
-#include "memory_server/cuda/fill_synthetic.cuh"
+#include "common/cuda/synthetic_fill.cuh"
 #include "memory_server/cuda/pool_kernel.cuh"
 
 namespace ultramem::memory::cuda {
@@ -116,8 +116,8 @@ class CudaHotTier final : public GpuHotTier {
     }
     MS_CUDA_CHECK(cudaSetDevice(options_.device));
     if (absl::Status s =
-            LaunchFillSynthetic(spec, layer, row_begin, n, options_.col_begin, options_.width,
-                                Table() + first_slot * options_.width, nullptr);
+            LaunchFillSyntheticBf16(spec, layer, row_begin, n, options_.col_begin, options_.width,
+                                    Table() + first_slot * options_.width, nullptr);
         !s.ok()) {
       return s;
     }

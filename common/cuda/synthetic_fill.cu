@@ -1,12 +1,12 @@
-// Implementation of fill_synthetic.cuh: a grid-stride loop, 8 values (one 16-byte store) per
+// Implementation of synthetic_fill.cuh: a grid-stride loop, 8 values (one 16-byte store) per
 // thread and step when the width allows, else one. Integer-bound (two 64-bit mixes a value).
-#include "memory_server/cuda/fill_synthetic.cuh"
+#include "common/cuda/synthetic_fill.cuh"
 
 #include <algorithm>
 
-#include "memory_server/cuda/cuda_check.h"
+#include "absl/strings/str_cat.h"
 
-namespace ultramem::memory::cuda {
+namespace ultramem {
 namespace {
 
 __global__ void FillVec8Kernel(uint64_t seed, float scale, int layer, int64_t row_begin,
@@ -39,15 +39,20 @@ __global__ void FillScalarKernel(uint64_t seed, float scale, int layer, int64_t 
   }
 }
 
+absl::Status Check(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("synthetic fill: ", what, ": ", cudaGetErrorString(e)));
+}
+
 }  // namespace
 
-absl::Status LaunchFillSynthetic(const SyntheticValues& spec, int layer, int64_t row_begin,
+absl::Status LaunchFillSyntheticBf16(const SyntheticValues& spec, int layer, int64_t row_begin,
                                  int64_t rows, int col_begin, int width, __nv_bfloat16* out,
                                  cudaStream_t stream) {
   if (rows <= 0 || width <= 0) return absl::OkStatus();
   int device = 0, sms = 0;
-  MS_CUDA_CHECK(cudaGetDevice(&device));
-  MS_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  if (auto st = Check(cudaGetDevice(&device), "cudaGetDevice"); !st.ok()) return st;
+  if (auto st = Check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count"); !st.ok()) return st;
   const int max_blocks = std::max(1, sms) * 16;
   if (width % 8 == 0) {
     const int64_t total = rows * (width / 8);
@@ -61,8 +66,7 @@ absl::Status LaunchFillSynthetic(const SyntheticValues& spec, int layer, int64_t
                                                  col_begin, width,
                                                  reinterpret_cast<uint16_t*>(out));
   }
-  MS_CUDA_CHECK(cudaGetLastError());
-  return absl::OkStatus();
+  return Check(cudaGetLastError(), "launch");
 }
 
-}  // namespace ultramem::memory::cuda
+}  // namespace ultramem
