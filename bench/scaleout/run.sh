@@ -14,7 +14,8 @@
 #
 # Decode after a 512-token prompt at batch 1, 16, 64, 256: median step time, tokens/s, share of
 # lookup time hidden behind the skipped blocks. Results: one JSON line per measurement in
-# $OUT/scaleout.jsonl (plus logs); bench/scaleout/plot.py draws tokens/s against shards.
+# $OUT/scaleout.jsonl (plus the first server's log of each run in $OUT/servers.log: the device
+# tool returns at most 8 files); bench/scaleout/plot.py draws tokens/s against shards.
 #
 # Bundle (built on the dev machine, carried as .device-pack/bundle.tar.xz):
 #   ../shared/tools/device-bundle .device build-cuda/bin/{ultramem-bench-decode,ultramem-make-checkpoint,ultramem-import,ultramem-memory-server}
@@ -37,6 +38,7 @@ MEM_DEVICE=${UM_MEM_DEVICE:-cuda}
 SHARDS_FITS=${UM_SHARDS_FITS:-1 2 4 7}
 SHARDS_LARGE=${UM_SHARDS_LARGE:-2 4 7}
 [ "${UM_LARGE_ONE:-0}" = 1 ] && SHARDS_LARGE="1 $SHARDS_LARGE"
+SKIP_FITS=${UM_SKIP_FITS:-0}    # 1: only the 144 GiB model (a short run: UM_SHARDS_LARGE=3 on x4)
 pids=()
 stop_servers() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -66,10 +68,11 @@ PY
     --shuffle_dtype I32 --synthetic_values_seed 7
 }
 echo "== checkpoints (dense weights, keys, shuffle indices; values synthetic, seed 7)"
-make_model fits "$KNUM_FITS" & p1=$!
-make_model large "$KNUM_LARGE" & p2=$!
-wait $p1 $p2
-du -sh "$W/fits" "$W/large"
+pids_make=()
+[ "$SKIP_FITS" = 1 ] || { make_model fits "$KNUM_FITS" & pids_make+=($!); }
+make_model large "$KNUM_LARGE" & pids_make+=($!)
+wait "${pids_make[@]}"
+du -sh "$W"/fits "$W/large" 2>/dev/null || true
 echo "checkpoints ready after $(elapsed)"
 
 record() {  # model shards json-lines...
@@ -116,14 +119,16 @@ run_shards() {  # model knum shards
   nvidia-smi --query-gpu=index,memory.used --format=csv,noheader | tr '\n' ';'; echo
   mapfile -t lines < <(bench "$model" --shard-map "$map")
   record "$model" "$S" "${lines[@]}"
-  cp "$W/mem-$model-$S-0.log" "$OUT/mem-$model-$S-0.log" 2>/dev/null || true
+  { echo "== $model, $S shards, server 0"; cat "$W/mem-$model-$S-0.log"; } >> "$OUT/servers.log" 2>/dev/null || true
   stop_servers
 }
 
-echo "== fits: in-process (values on GPU 0)"
-mapfile -t lines < <(bench fits)
-record fits 0 "${lines[@]}"
-for S in $SHARDS_FITS; do run_shards fits "$KNUM_FITS" "$S"; done
+if [ "$SKIP_FITS" != 1 ]; then
+  echo "== fits: in-process (values on GPU 0)"
+  mapfile -t lines < <(bench fits)
+  record fits 0 "${lines[@]}"
+  for S in $SHARDS_FITS; do run_shards fits "$KNUM_FITS" "$S"; done
+fi
 for S in $SHARDS_LARGE; do run_shards large "$KNUM_LARGE" "$S"; done
 
 echo "== summary ($(elapsed))"
