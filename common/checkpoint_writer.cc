@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <map>
 #include <numeric>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -46,6 +47,20 @@ std::string FileFor(const std::string& name, bool split) {
   return "model-dense.safetensors";
 }
 
+// A random permutation of [0, n) (Fisher-Yates) as little-endian I32 or I64 bytes.
+void ShuffleBytes(int64_t n, DType dtype, Rng& rng, std::string* bytes) {
+  std::vector<int64_t> perm(static_cast<size_t>(n));
+  std::iota(perm.begin(), perm.end(), int64_t{0});
+  for (int64_t i = n - 1; i > 0; --i) {
+    std::swap(perm[i], perm[rng.Below(static_cast<uint64_t>(i) + 1)]);
+  }
+  *bytes = dtype == DType::kI32 ? I32Bytes(std::vector<int32_t>(perm.begin(), perm.end()))
+                                : I64Bytes(perm);
+}
+
+// Shuffle indices at least this long are generated on threads of their own.
+constexpr int64_t kParallelShuffle = int64_t{1} << 24;
+
 }  // namespace
 
 std::string ModelConfigToJson(const ModelConfig& c) {
@@ -84,8 +99,16 @@ std::string ModelConfigToJson(const ModelConfig& c) {
 std::vector<TensorToWrite> MakeRandomTensors(const ModelConfig& config,
                                              const RandomCheckpointOptions& options) {
   Rng rng(options.seed);
+  const auto expected = ExpectedTensors(config);
   std::vector<TensorToWrite> out;
-  for (const auto& [name, shape] : ExpectedTensors(config)) {
+  struct ShuffleJob {
+    size_t index;  // into out
+    int64_t n;
+    DType dtype;
+    uint64_t seed;
+  };
+  std::vector<ShuffleJob> jobs;
+  for (const auto& [name, shape] : expected) {
     if (options.synthetic_values && absl::StartsWith(name, "memory.") &&
         absl::EndsWith(name, ".values")) {
       continue;
@@ -96,16 +119,14 @@ std::vector<TensorToWrite> MakeRandomTensors(const ModelConfig& config,
     const int64_t n = std::accumulate(shape.begin(), shape.end(), int64_t{1},
                                       [](int64_t a, int64_t b) { return a * b; });
     if (absl::EndsWith(name, ".shuffle_index")) {
-      std::vector<int64_t> perm(static_cast<size_t>(n));
-      std::iota(perm.begin(), perm.end(), int64_t{0});
-      for (int64_t i = n - 1; i > 0; --i) {
-        std::swap(perm[i], perm[rng.Below(static_cast<uint64_t>(i) + 1)]);
-      }
       t.dtype = options.shuffle_dtype;
-      if (t.dtype == DType::kI32) {
-        t.bytes = I32Bytes(std::vector<int32_t>(perm.begin(), perm.end()));
+      if (n < kParallelShuffle) {
+        ShuffleBytes(n, t.dtype, rng, &t.bytes);
       } else {
-        t.bytes = I64Bytes(perm);
+        // Benchmark-sized tables (hundreds of millions of entries): each layer's permutation on
+        // a thread of its own, from a seed drawn here, so that the bytes still depend only on
+        // the options.
+        jobs.push_back({out.size(), n, t.dtype, rng.Next()});
       }
     } else {
       const float base = IsNormWeight(name) ? 1.0f : 0.0f;
@@ -116,6 +137,14 @@ std::vector<TensorToWrite> MakeRandomTensors(const ModelConfig& config,
     }
     out.push_back(std::move(t));
   }
+  std::vector<std::thread> workers;
+  for (const ShuffleJob& job : jobs) {
+    workers.emplace_back([&out, job] {
+      Rng sub(job.seed);
+      ShuffleBytes(job.n, job.dtype, sub, &out[job.index].bytes);
+    });
+  }
+  for (std::thread& w : workers) w.join();
   return out;
 }
 
