@@ -6,7 +6,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev librocksdb-dev prometheus-cpp-dev nlohmann-json3-dev libopenblas-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev
-  python3-torch python3-numpy python3-grpcio python3-protobuf
+  python3-torch python3-numpy python3-grpcio python3-protobuf python3-yaml
   prometheus iproute2 procps
 )
 missing=()

@@ -47,6 +47,7 @@ FAILED=()
 SKIPPED=()
 step() { echo; echo "=== $*"; }
 fail() { echo "!!!!!!!! FAILED: $*" >&2; FAILED+=("$*"); }
+pass() { echo "ok: $*"; }
 skip() {
   echo "######################################################################"
   echo "### SKIPPED: $*"
@@ -97,6 +98,31 @@ if docker-compose -f docker-compose.yml config >"$TMP/compose.yaml" 2>"$TMP/comp
     grep -q "^  $svc:" "$TMP/compose.yaml" || fail "docker-compose.yml has no service $svc"
   done
 fi
+# A GPU deployment must run the engine on the GPU, not only reserve one (the default is cpu).
+gpu_backend() {  # rendered YAML: prints the args after ultramem-compute-node's --backend
+  /usr/bin/python3 - "$1" <<'PY'
+import sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if not doc:
+        continue
+    containers = []
+    if doc.get("services"):  # compose
+        containers = [s for s in doc["services"].values()]
+        argv_of = lambda c: (c.get("command") or [])
+    else:  # kubernetes
+        spec = (((doc.get("spec") or {}).get("template") or {}).get("spec") or {})
+        containers = spec.get("containers") or []
+        argv_of = lambda c: (c.get("command") or []) + (c.get("args") or [])
+    for c in containers:
+        argv = argv_of(c)
+        if "ultramem-compute-node" in argv and "--backend" in argv:
+            print(argv[argv.index("--backend") + 1])
+PY
+}
+if docker-compose -f docker-compose.yml -f deploy/docker/compose.gpu.yml config >"$TMP/compose-gpu.yaml" 2>/dev/null; then
+  [ "$(gpu_backend "$TMP/compose-gpu.yaml")" = cuda ] && pass "compose.gpu.yml runs the compute node with --backend cuda" \
+    || fail "compose.gpu.yml: the compute node does not run with --backend cuda"
+fi
 
 # ------------------------------------------------------------------ 2. kubernetes
 step "2. kubectl kustomize + schema validation"
@@ -112,6 +138,10 @@ else
     fi
   done
   ((${#RENDERED[@]})) || fail "no overlay rendered"
+  if [ -f "$TMP/k8s-gpu.yaml" ]; then
+    [ "$(gpu_backend "$TMP/k8s-gpu.yaml")" = cuda ] && pass "overlays/gpu runs the compute node with --backend cuda" \
+      || fail "overlays/gpu: the compute node does not run with --backend cuda"
+  fi
   NODE_OK=1
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     skip "node/npm not installed and not installable: rendered manifests NOT validated against the Kubernetes schemas"
