@@ -2,6 +2,7 @@
 //
 //   ultramem-make-checkpoint --config CONFIG.json --out DIR [--dtype F32|BF16] [--seed 1] [--split]
 //       [--shuffle_dtype I32|I64] [--synthetic_values_seed S]
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -44,7 +45,15 @@ absl::Status Run() {
     opts.synthetic_values = SyntheticValues{
         static_cast<uint64_t>(absl::GetFlag(FLAGS_synthetic_values_seed)), opts.scale};
   }
-  return WriteRandomCheckpoint(absl::GetFlag(FLAGS_out), cfg, opts);
+  // A benchmark-sized model takes a minute: say what is happening on stderr.
+  const auto t0 = std::chrono::steady_clock::now();
+  std::fprintf(stderr, "ultramem-make-checkpoint: writing %s (%d blocks, %d memory layers%s) ...\n",
+               absl::GetFlag(FLAGS_out).c_str(), cfg.num_layers, cfg.NumMemoryLayers(),
+               opts.synthetic_values ? ", values synthetic" : "");
+  UM_RETURN_IF_ERROR(WriteRandomCheckpoint(absl::GetFlag(FLAGS_out), cfg, opts));
+  std::fprintf(stderr, "ultramem-make-checkpoint: done in %.1f s\n",
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return absl::OkStatus();
 }
 }  // namespace ultramem
 
