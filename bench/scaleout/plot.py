@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 def main(src, dst, title=None):
     rows = [json.loads(line) for line in open(src) if line.strip()]
     models = sorted({r["model"] for r in rows}, key=lambda m: (m != "fits", m))
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(max(8, 6 * len(models)), 4.8), squeeze=False)
     for ax, model in zip(axes[0], models):
         by_batch = defaultdict(list)
         local = {}
@@ -42,8 +42,8 @@ def main(src, dst, title=None):
         ax.set_xticks(shards, [str(s) for s in shards])
         ax.set_xlabel("memory shards (processes)")
         ax.set_ylabel("decode tokens / s")
-        title = {"fits": "36 GiB of values (dashed: in-process)", "large": "144 GiB of values"}
-        ax.set_title(f"{model}: {title.get(model, model)}")
+        names = {"fits": "36 GiB of values (dashed: in-process)", "large": "144 GiB of values"}
+        ax.set_title(f"{model}: {names.get(model, model)}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     if title:
