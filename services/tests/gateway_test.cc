@@ -438,7 +438,7 @@ TEST_F(GatewayTest, ExportsTheMetricsOfTheProcessContract) {
         "ultramem_gateway_requests_total{code=\"INVALID_ARGUMENT\"} 1",
         "ultramem_gateway_requests_in_flight 0", "ultramem_gateway_request_latency_seconds_count 1",
         "ultramem_gateway_time_to_first_token_seconds_count 1",
-        "ultramem_gateway_backends_healthy 1"}) {
+        "ultramem_gateway_backends_healthy 1", "ultramem_gateway_backends_known 1"}) {
     EXPECT_NE(text.find(name), std::string::npos) << name << "\n" << text;
   }
   EXPECT_NE(text.find(absl::StrCat("ultramem_gateway_backend_requests_total{backend=\"",
