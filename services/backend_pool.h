@@ -61,7 +61,8 @@ class BackendPool {
   // Resolves the names once (so the backends known at start are there on return), creates the
   // channels and starts polling, and re-resolving when there are names. `metrics` (may be null)
   // must outlive the pool and every Backend it handed out; `on_health_change` (may be empty) is
-  // called from the pool's threads, one call at a time, with the number of healthy backends
+  // called one call at a time, from the thread that changed the count (the pool's threads, or
+  // ResolveNow's caller, the constructor's included), with the number of healthy backends
   // whenever it changes.
   BackendPool(const BackendPoolOptions& options, GatewayMetrics* metrics,
               std::function<void(int)> on_health_change);

@@ -54,8 +54,9 @@ struct GatewayOptions {
 
 class Gateway {
  public:
-  // Binds the gRPC and metrics ports and starts polling the backends. Health answers NOT_SERVING
-  // until a backend is healthy. InvalidArgument for options that make no sense (no backend, half
+  // Resolves the backend names once (blocking for as long as DNS takes; a name that does not
+  // resolve yet is retried every resolve_interval_ms, it is no error), binds the gRPC and metrics
+  // ports and starts polling the backends. Health answers NOT_SERVING until a backend is healthy. InvalidArgument for options that make no sense (no backend, half
   // a TLS pair); Unavailable when a port cannot be bound.
   static absl::StatusOr<std::unique_ptr<Gateway>> Start(const GatewayOptions& options);
   // Shuts down if still running.
