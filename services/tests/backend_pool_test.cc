@@ -159,6 +159,10 @@ TEST(BackendPoolTest, FollowsTheResolvedSetAndRoutesToEveryMember) {
 
   // Scaled down: A leaves at once; nothing picks it any more; its metrics label goes with it once
   // the last holder lets go.
+  std::weak_ptr<Backend> backend_a;
+  for (const auto& backend : pool.backends()) {
+    if (backend->address == a->address()) backend_a = backend;
+  }
   resolver.Set(std::vector<std::string>{b->address()});
   pool.ResolveNow();
   EXPECT_EQ(Addresses(pool), std::set<std::string>{b->address()});
@@ -170,6 +174,10 @@ TEST(BackendPoolTest, FollowsTheResolvedSetAndRoutesToEveryMember) {
     EXPECT_EQ(picked->address, b->address());
   }
   busy.clear();
+  // A poll in progress may still hold A; the round after it has let go.
+  const int polls = b->load_calls();
+  ASSERT_TRUE(b->WaitForLoadCalls(polls + 2, kWait));
+  EXPECT_TRUE(backend_a.expired());
   EXPECT_EQ(BackendLabels(registry), std::set<std::string>{b->address()});
 }
 
@@ -227,6 +235,9 @@ TEST(BackendPoolTest, ACallOnARemovedBackendCompletesThenTheBackendIsDestroyed) 
   EXPECT_EQ(text, a->expected_text());
   pool.End(picked.get());
   picked.reset();
+  // A poll in progress may still hold A; the round after it has let go.
+  const int polls = b->load_calls();
+  ASSERT_TRUE(b->WaitForLoadCalls(polls + 2, kWait));
   EXPECT_TRUE(watch.expired());
 }
 
