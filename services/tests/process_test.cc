@@ -1,6 +1,7 @@
 // The two programs as users run them: ultramem-gateway (flags as PROCESSES.md spells them, the
-// LISTENING/SERVING lines, exit 0 on SIGTERM) in front of a fake compute node (named "localhost:PORT", resolved), and ultramem-chat
-// one-shot and interactive (conversation kept), with the token from the environment.
+// LISTENING/SERVING lines, exit 0 on SIGTERM) in front of a fake compute node named by
+// "localhost:PORT", and ultramem-chat one-shot and interactive (conversation kept), with the token
+// from the environment.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
