@@ -215,7 +215,8 @@ void BackendPool::PollOnce() {
         error = "health: " + r.serving.status().ToString();
       } else if (!*r.serving) {
         error = "health: NOT_SERVING";
-      } else if (!r.load_status.ok() && r.load_status.error_code() != grpc::StatusCode::UNIMPLEMENTED) {
+      } else if (!r.load_status.ok() &&
+                 r.load_status.error_code() != grpc::StatusCode::UNIMPLEMENTED) {
         error = "Load: " + r.load_status.error_message();
       }
       const bool healthy_now = error.empty();
@@ -244,8 +245,8 @@ void BackendPool::PollOnce() {
 }
 
 void BackendPool::UpdateHealthyLocked() {
-  healthy_ = static_cast<int>(
-      std::count_if(entries_.begin(), entries_.end(), [](const Entry& e) { return e.state.healthy; }));
+  healthy_ = static_cast<int>(std::count_if(entries_.begin(), entries_.end(),
+                                            [](const Entry& e) { return e.state.healthy; }));
 }
 
 void BackendPool::NotifyHealth() {
@@ -267,7 +268,8 @@ std::shared_ptr<Backend> BackendPool::Pick(const std::vector<std::shared_ptr<Bac
     if (!e.state.healthy || std::find(exclude.begin(), exclude.end(), e.backend) != exclude.end()) {
       continue;
     }
-    const int started_since_poll = std::max(0, e.backend->in_flight.load() - e.state.in_flight_at_poll);
+    const int started_since_poll =
+        std::max(0, e.backend->in_flight.load() - e.state.in_flight_at_poll);
     const double load = e.state.load + started_since_poll * e.state.per_call;
     if (best == nullptr || load < best_load) {
       best = &e;

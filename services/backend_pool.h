@@ -107,7 +107,8 @@ class BackendPool {
     std::shared_ptr<Backend> backend;
     State state;
   };
-  struct Resolution {  // per name, guarded by resolve_mu_
+  // Per name, guarded by resolve_mu_.
+  struct Resolution {
     std::vector<std::string> addresses;  // the last good answer
     std::string error;                   // the last error logged; empty after a success
   };

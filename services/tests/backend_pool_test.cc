@@ -44,7 +44,9 @@ class FakeResolver {
   }
   bool WaitForCalls(int n, absl::Duration timeout) const {
     absl::MutexLock lock(&state_->mu);
-    auto reached = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) { return state_->calls >= n; };
+    auto reached = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
+      return state_->calls >= n;
+    };
     return state_->mu.AwaitWithTimeout(absl::Condition(&reached), timeout);
   }
   AddressResolver resolver() const {
@@ -102,8 +104,9 @@ v1::ChatRequest Hello() {
 }
 
 TEST(AddressResolverTest, LiteralAddressesAndUrisPassThrough) {
-  for (const char* fixed : {"127.0.0.1:7100", "[::1]:7100", "[fe80::1]:80", "unix:/tmp/compute.sock",
-                            "dns:///compute:7100", "ipv4:10.0.0.1:7100", "no-port", "::1"}) {
+  for (const char* fixed :
+       {"127.0.0.1:7100", "[::1]:7100", "[fe80::1]:80", "unix:/tmp/compute.sock",
+        "dns:///compute:7100", "ipv4:10.0.0.1:7100", "no-port", "::1"}) {
     EXPECT_TRUE(IsFixedAddress(fixed)) << fixed;
   }
   for (const char* name : {"localhost:7100", "ultramem-compute.ultramem.svc.cluster.local:7100"}) {
@@ -122,7 +125,8 @@ TEST(AddressResolverTest, GetaddrinfoGivesIpPortWithIpv6Bracketed) {
   ASSERT_TRUE(v6.ok()) << v6.status();
   EXPECT_EQ(*v6, std::vector<std::string>{"[::1]:7100"});
 
-  EXPECT_EQ(ResolveWithGetaddrinfo("localhost").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ResolveWithGetaddrinfo("localhost").status().code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ResolveWithGetaddrinfo("localhost:http").status().code(),
             absl::StatusCode::kInvalidArgument);
 }
