@@ -26,12 +26,13 @@ class ChatCall;
 // One try of the call on one backend. Owned by its ChatCall; fields guarded by ChatCall::mu_.
 class Attempt final : public grpc::ClientReadReactor<v1::ChatChunk> {
  public:
-  Attempt(ChatCall* call, Backend* backend) : call_(call), backend_(backend) {}
+  Attempt(ChatCall* call, std::shared_ptr<Backend> backend)
+      : call_(call), backend_(std::move(backend)) {}
   void OnReadDone(bool ok) override;
   void OnDone(const grpc::Status& status) override;
 
   ChatCall* const call_;
-  Backend* const backend_;
+  const std::shared_ptr<Backend> backend_;  // alive while the attempt is, even if removed
   std::unique_ptr<grpc::ClientContext> context_;
   v1::ChatChunk chunk_;  // the read target
   // Our hold keeps OnDone away while we may still start a read (reads are started from the
@@ -56,7 +57,7 @@ class ChatCall final : public grpc::ServerWriteReactor<v1::ChatChunk> {
   void OnBackendDone(Attempt* attempt, const grpc::Status& status);
 
  private:
-  void StartAttemptLocked(Backend* backend) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void StartAttemptLocked(std::shared_ptr<Backend> backend) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StopAttemptLocked(Attempt* attempt) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static void ReleaseHoldLocked(Attempt* attempt);
   // True when the call may finish now (final status known, no write outstanding); marks it.
@@ -72,7 +73,7 @@ class ChatCall final : public grpc::ServerWriteReactor<v1::ChatChunk> {
 
   absl::Mutex mu_;
   std::vector<std::unique_ptr<Attempt>> attempts_ ABSL_GUARDED_BY(mu_);
-  std::vector<const Backend*> tried_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<Backend>> tried_ ABSL_GUARDED_BY(mu_);
   Attempt* current_ ABSL_GUARDED_BY(mu_) = nullptr;  // until its OnDone
   v1::ChatChunk out_ ABSL_GUARDED_BY(mu_);            // the write source
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
@@ -95,24 +96,24 @@ void ChatCall::Begin(const absl::Status& admission) {
   }
   forwarded_ = true;
   env_.metrics->requests_in_flight.Increment();
-  Backend* backend = env_.pool->Pick();
+  std::shared_ptr<Backend> backend = env_.pool->Pick();
   if (backend == nullptr) {
-    const size_t configured = env_.pool->backends().size();
+    const int known = env_.pool->size();
     FinishCall(grpc::Status(
         grpc::StatusCode::UNAVAILABLE,
-        absl::StrCat("no healthy compute node (", configured,
-                     " configured, none passes its health check); retry in a few seconds")));
+        absl::StrCat("no healthy compute node (", known,
+                     " known, none passes its health check); retry in a few seconds")));
     return;
   }
   absl::MutexLock lock(&mu_);
-  StartAttemptLocked(backend);
+  StartAttemptLocked(std::move(backend));
 }
 
-void ChatCall::StartAttemptLocked(Backend* backend) {
+void ChatCall::StartAttemptLocked(std::shared_ptr<Backend> backend) {
   auto attempt = std::make_unique<Attempt>(this, backend);
   // Carries the client's deadline, and cancels the backend call when the client's call ends.
   attempt->context_ = grpc::ClientContext::FromCallbackServerContext(*context_);
-  env_.pool->Begin(backend);
+  env_.pool->Begin(backend.get());
   tried_.push_back(backend);
   backend->stub->async()->Chat(attempt->context_.get(), request_, attempt.get());
   attempt->holding_ = true;
@@ -185,15 +186,15 @@ void ChatCall::OnBackendDone(Attempt* attempt, const grpc::Status& status) {
   grpc::Status final_status;
   {
     absl::MutexLock lock(&mu_);
-    env_.pool->End(attempt->backend_);
+    env_.pool->End(attempt->backend_.get());
     current_ = nullptr;
     if (status.error_code() == grpc::StatusCode::UNAVAILABLE && !got_chunk_ && !cancelled_ &&
         !env_.draining->load() && static_cast<int>(tried_.size()) < env_.max_attempts) {
       // Nothing reached the client: another backend can serve the call without duplicating output.
-      if (Backend* next = env_.pool->Pick(tried_); next != nullptr) {
+      if (std::shared_ptr<Backend> next = env_.pool->Pick(tried_); next != nullptr) {
         UM_LOG_WARNING("backend ", attempt->backend_->address, " unavailable before its first chunk (",
                        status.error_message(), "); retrying on ", next->address);
-        StartAttemptLocked(next);
+        StartAttemptLocked(std::move(next));
         return;
       }
     }

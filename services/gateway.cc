@@ -48,12 +48,13 @@ class Gateway::Impl final : public v1::ChatService::CallbackService {
   const std::string& address() const { return address_; }
   int metrics_port() const { return metrics_port_; }
   int healthy_backends() const { return pool_->healthy_count(); }
+  int known_backends() const { return pool_->size(); }
 
  private:
   absl::Status Authenticate(const grpc::CallbackServerContext& context) const;
   void OnHealthChange(int healthy);
   void ApplyHealthLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(health_mu_);
-  void ForwardListModels(ListModelsCall* call, Backend* backend);
+  void ForwardListModels(ListModelsCall* call, std::shared_ptr<Backend> backend);
 
   const GatewayOptions options_;
   std::shared_ptr<prometheus::Registry> registry_;
@@ -88,8 +89,10 @@ absl::Status Gateway::Impl::Start() {
     return absl::InvalidArgumentError(
         "a client certificate for compute nodes needs the CA that signs their certificates too");
   }
-  if (o.poll_interval_ms <= 0 || o.poll_timeout_ms <= 0 || o.max_attempts <= 0) {
-    return absl::InvalidArgumentError("poll interval, poll timeout and max attempts must be positive");
+  if (o.poll_interval_ms <= 0 || o.poll_timeout_ms <= 0 || o.max_attempts <= 0 ||
+      o.resolve_interval_ms <= 0) {
+    return absl::InvalidArgumentError(
+        "poll interval, poll timeout, resolve interval and max attempts must be positive");
   }
   EnableStandardGrpcServices();
   registry_ = std::make_shared<prometheus::Registry>();
@@ -113,6 +116,8 @@ absl::Status Gateway::Impl::Start() {
   pool_options.poll_interval_ms = o.poll_interval_ms;
   pool_options.poll_timeout_ms = o.poll_timeout_ms;
   pool_options.max_message_bytes = o.max_message_bytes;
+  pool_options.resolve_interval_ms = o.resolve_interval_ms;
+  pool_options.resolver = o.resolver;
   pool_ = std::make_unique<BackendPool>(pool_options, metrics_.get(),
                                         [this](int healthy) { OnHealthChange(healthy); });
   env_.pool = pool_.get();
@@ -144,7 +149,7 @@ absl::Status Gateway::Impl::Start() {
   }
   UM_LOG_INFO("gateway listening on ", address_, o.tls_cert_pem.empty() ? "" : " (TLS)",
               metrics_port_ ? absl::StrCat(", metrics on port ", metrics_port_) : "",
-              "; ", o.backends.size(), " backend(s)",
+              "; ", pool_->size(), " backend(s) from ", o.backends.size(), " address(es)",
               o.auth_token.empty() ? "; no auth token" : "; bearer token required");
   return absl::OkStatus();
 }
@@ -205,7 +210,7 @@ struct ListModelsCall {
   const v1::ListModelsRequest* request;
   v1::ListModelsResponse* response;
   std::unique_ptr<grpc::ClientContext> context;
-  std::vector<const Backend*> tried;
+  std::vector<std::shared_ptr<Backend>> tried;  // alive until the call is done
 };
 
 grpc::ServerUnaryReactor* Gateway::Impl::ListModels(grpc::CallbackServerContext* context,
@@ -213,7 +218,7 @@ grpc::ServerUnaryReactor* Gateway::Impl::ListModels(grpc::CallbackServerContext*
                                                     v1::ListModelsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::Status admission = Authenticate(*context);
-  Backend* backend = admission.ok() ? pool_->Pick() : nullptr;
+  std::shared_ptr<Backend> backend = admission.ok() ? pool_->Pick() : nullptr;
   if (admission.ok() && backend == nullptr) {
     admission = absl::UnavailableError("no healthy compute node; retry in a few seconds");
   }
@@ -223,23 +228,24 @@ grpc::ServerUnaryReactor* Gateway::Impl::ListModels(grpc::CallbackServerContext*
     return reactor;
   }
   auto* call = new ListModelsCall{context, reactor, request, response, nullptr, {}};
-  ForwardListModels(call, backend);
+  ForwardListModels(call, std::move(backend));
   return reactor;
 }
 
-void Gateway::Impl::ForwardListModels(ListModelsCall* call, Backend* backend) {
+void Gateway::Impl::ForwardListModels(ListModelsCall* call, std::shared_ptr<Backend> backend) {
   call->context = grpc::ClientContext::FromCallbackServerContext(*call->server_context);
   call->tried.push_back(backend);
   call->response->Clear();
-  pool_->Begin(backend);
-  backend->stub->async()->ListModels(
+  pool_->Begin(backend.get());
+  Backend* b = backend.get();  // kept alive by call->tried
+  b->stub->async()->ListModels(
       call->context.get(), call->request, call->response,
-      [this, call, backend](grpc::Status status) {
-        pool_->End(backend);
+      [this, call, b](grpc::Status status) {
+        pool_->End(b);
         if (status.error_code() == grpc::StatusCode::UNAVAILABLE && !draining_.load() &&
             static_cast<int>(call->tried.size()) < options_.max_attempts) {
-          if (Backend* next = pool_->Pick(call->tried); next != nullptr) {
-            ForwardListModels(call, next);
+          if (std::shared_ptr<Backend> next = pool_->Pick(call->tried); next != nullptr) {
+            ForwardListModels(call, std::move(next));
             return;
           }
         }
@@ -266,5 +272,6 @@ void Gateway::Shutdown() { impl_->Shutdown(); }
 const std::string& Gateway::address() const { return impl_->address(); }
 int Gateway::metrics_port() const { return impl_->metrics_port(); }
 int Gateway::healthy_backends() const { return impl_->healthy_backends(); }
+int Gateway::known_backends() const { return impl_->known_backends(); }
 
 }  // namespace ultramem::services

@@ -11,11 +11,14 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "services/address_resolver.h"
 
 namespace ultramem::services {
 
 struct GatewayOptions {
-  // Compute nodes serving ultramem.v1.ChatService ("host:port" or "unix:/path"). At least one.
+  // Compute nodes serving ultramem.v1.ChatService. At least one. A "host:port" name is resolved
+  // every resolve_interval_ms into one backend per address (a Kubernetes headless Service: one per
+  // ready pod); literal "ip:port" and "unix:/path" are one backend each.
   std::vector<std::string> backends;
   // gRPC listening address; port 0 picks a free one (see Gateway::address()).
   std::string listen_address = "127.0.0.1:7000";
@@ -35,6 +38,11 @@ struct GatewayOptions {
   // polls route on fresher load at the cost of two small RPCs per backend per interval.
   int64_t poll_interval_ms = 200;
   int64_t poll_timeout_ms = 1000;
+  // How often names among `backends` are resolved again: shorter finds new pods sooner, for a DNS
+  // query per name per interval. A failed resolution keeps the last known addresses.
+  int64_t resolve_interval_ms = 5000;
+  // Resolves one name; empty: getaddrinfo (ResolveWithGetaddrinfo). For tests.
+  AddressResolver resolver;
   // Backends one Chat may try: a retry happens only when a backend answered UNAVAILABLE before
   // sending any chunk (so no output is ever duplicated).
   int max_attempts = 3;
@@ -46,8 +54,9 @@ struct GatewayOptions {
 
 class Gateway {
  public:
-  // Binds the gRPC and metrics ports and starts polling the backends. Health answers NOT_SERVING
-  // until a backend is healthy. InvalidArgument for options that make no sense (no backend, half
+  // Resolves the backend names once (blocking for as long as DNS takes; a name that does not
+  // resolve yet is retried every resolve_interval_ms, it is no error), binds the gRPC and metrics
+  // ports and starts polling the backends. Health answers NOT_SERVING until a backend is healthy. InvalidArgument for options that make no sense (no backend, half
   // a TLS pair); Unavailable when a port cannot be bound.
   static absl::StatusOr<std::unique_ptr<Gateway>> Start(const GatewayOptions& options);
   // Shuts down if still running.
@@ -67,6 +76,8 @@ class Gateway {
   int metrics_port() const;
   // Backends healthy at the last poll.
   int healthy_backends() const;
+  // Backends known now (fixed addresses and those their names resolved to).
+  int known_backends() const;
 
   class Impl;
 

@@ -18,7 +18,9 @@
 #include "services/gateway.h"
 #include "services/grpc_util.h"
 
-ABSL_FLAG(std::string, backends, "127.0.0.1:7100", "compute nodes, comma separated (host:port, unix:path)");
+ABSL_FLAG(std::string, backends, "127.0.0.1:7100",
+          "compute nodes, comma separated (host:port, unix:path); a name stands for every address "
+          "it resolves to (a headless Service: every pod), re-resolved every --resolve-interval-ms");
 ABSL_FLAG(std::string, listen, "0.0.0.0:7000", "gRPC address for clients (host:port, unix:path)");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9000", "Prometheus host:port; empty disables");
 ABSL_FLAG(std::string, auth_token_file, "",
@@ -29,6 +31,7 @@ ABSL_FLAG(std::string, backend_tls_ca, "", "PEM CA of the compute nodes' certifi
 ABSL_FLAG(std::string, backend_tls_cert, "", "PEM client certificate for mutual TLS to compute nodes");
 ABSL_FLAG(std::string, backend_tls_key, "", "PEM key of --backend-tls-cert");
 ABSL_FLAG(int64_t, poll_interval_ms, 200, "how often backends' health and load are polled");
+ABSL_FLAG(int64_t, resolve_interval_ms, 5000, "how often backend names are resolved again");
 ABSL_FLAG(int64_t, drain_timeout_ms, 30000, "how long SIGTERM lets in-flight streams finish");
 
 namespace {
@@ -72,6 +75,7 @@ int main(int argc, char** argv) {
   options.backend_tls_cert_pem = ReadOrDie(absl::GetFlag(FLAGS_backend_tls_cert), "backend client certificate");
   options.backend_tls_key_pem = ReadOrDie(absl::GetFlag(FLAGS_backend_tls_key), "backend client key");
   options.poll_interval_ms = absl::GetFlag(FLAGS_poll_interval_ms);
+  options.resolve_interval_ms = absl::GetFlag(FLAGS_resolve_interval_ms);
   options.drain_timeout_ms = absl::GetFlag(FLAGS_drain_timeout_ms);
 
   auto gateway = ultramem::services::Gateway::Start(options);
@@ -83,9 +87,9 @@ int main(int argc, char** argv) {
               (*gateway)->metrics_port());
   std::fflush(stdout);
   // SERVING once a backend is healthy; gives up quietly when shutdown starts first.
-  std::thread announcer([g = gateway->get(), n = options.backends.size()] {
+  std::thread announcer([g = gateway->get()] {
     if (g->WaitForHealthyBackends(1, absl::InfiniteDuration())) {
-      std::printf("SERVING backends=%d/%zu\n", g->healthy_backends(), n);
+      std::printf("SERVING backends=%d/%d\n", g->healthy_backends(), g->known_backends());
       std::fflush(stdout);
     }
   });

@@ -44,6 +44,11 @@ GatewayMetrics::GatewayMetrics(prometheus::Registry& registry)
                            .Help("Compute nodes healthy at the last poll")
                            .Register(registry)
                            .Add({})),
+      backends_known(prometheus::BuildGauge()
+                         .Name("ultramem_gateway_backends_known")
+                         .Help("Compute nodes known now: fixed addresses and those resolved from names")
+                         .Register(registry)
+                         .Add({})),
       requests_(prometheus::BuildCounter()
                     .Name("ultramem_gateway_requests_total")
                     .Help("Chat and ListModels calls by final gRPC status code")
@@ -63,8 +68,18 @@ void GatewayMetrics::CountRequest(absl::StatusCode code) {
   request_counters_[(i >= 0 && i < 17) ? i : 2]->Increment();
 }
 
-prometheus::Counter& GatewayMetrics::BackendRequests(const std::string& backend) {
+prometheus::Counter& GatewayMetrics::AcquireBackendRequests(const std::string& backend) {
+  absl::MutexLock lock(&backend_mu_);
+  ++backend_holders_[backend];
   return backend_requests_.Add({{"backend", backend}});
+}
+
+void GatewayMetrics::ReleaseBackendRequests(const std::string& backend) {
+  absl::MutexLock lock(&backend_mu_);
+  auto it = backend_holders_.find(backend);
+  if (it == backend_holders_.end() || --it->second > 0) return;
+  backend_holders_.erase(it);
+  backend_requests_.Remove(&backend_requests_.Add({{"backend", backend}}));
 }
 
 }  // namespace ultramem::services

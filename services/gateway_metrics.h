@@ -3,9 +3,11 @@
 #pragma once
 
 #include <array>
+#include <map>
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
@@ -21,8 +23,11 @@ class GatewayMetrics {
   // ultramem_gateway_requests_total{code}: Chat and ListModels calls by final gRPC code name.
   void CountRequest(absl::StatusCode code);
   // ultramem_gateway_backend_requests_total{backend}: calls sent to one backend (retries count
-  // again). The set of labels is the configured backends.
-  prometheus::Counter& BackendRequests(const std::string& backend);
+  // again). The labels are the backends known now (fixed addresses as configured, resolved ones
+  // as "ip:port"): each Backend acquires its counter and releases it when destroyed, and the
+  // series is dropped when the last holder releases it (an address that comes back starts at 0).
+  prometheus::Counter& AcquireBackendRequests(const std::string& backend);
+  void ReleaseBackendRequests(const std::string& backend);
 
   // ultramem_gateway_requests_in_flight: Chat streams being served.
   prometheus::Gauge& requests_in_flight;
@@ -32,11 +37,15 @@ class GatewayMetrics {
   prometheus::Histogram& time_to_first_token;
   // ultramem_gateway_backends_healthy: backends healthy at the last poll.
   prometheus::Gauge& backends_healthy;
+  // ultramem_gateway_backends_known: backends known now (fixed addresses and those resolved).
+  prometheus::Gauge& backends_known;
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Family<prometheus::Counter>& backend_requests_;
   std::array<prometheus::Counter*, 17> request_counters_{};
+  absl::Mutex backend_mu_;
+  std::map<std::string, int> backend_holders_ ABSL_GUARDED_BY(backend_mu_);
 };
 
 // "OK", "INVALID_ARGUMENT", ... for a gRPC/absl code; "UNKNOWN" outside the known set.

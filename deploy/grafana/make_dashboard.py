@@ -65,7 +65,8 @@ panel("Gateway time to first token", [(q("ultramem_gateway_time_to_first_token_s
                                       (q("ultramem_gateway_time_to_first_token_seconds", 0.95), "p95")], "s")
 end_row()
 panel("In flight", [("sum(ultramem_gateway_requests_in_flight)", "in flight")])
-panel("Healthy backends", [("min(ultramem_gateway_backends_healthy)", "healthy")], kind="stat")
+panel("Backends (healthy, known)", [("min(ultramem_gateway_backends_healthy)", "healthy"),
+                                    ("max(ultramem_gateway_backends_known)", "known")], kind="stat")
 panel("Requests / s by backend",
       [("sum by (backend) (rate(ultramem_gateway_backend_requests_total[$__rate_interval]))", "{{backend}}")],
       "reqps")

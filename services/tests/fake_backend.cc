@@ -60,6 +60,11 @@ void FakeBackend::SetChunks(std::vector<std::string> chunks, absl::Duration dela
   chunk_delay_ = delay;
 }
 
+void FakeBackend::Release() {
+  absl::MutexLock lock(&mu_);
+  released_ = true;
+}
+
 std::string FakeBackend::expected_text() const {
   absl::MutexLock lock(&mu_);
   std::string text = name_ + ":";
@@ -148,6 +153,7 @@ grpc::Status FakeBackend::Chat(grpc::ServerContext* context, const v1::ChatReque
       if (mode == FakeMode::kChunkThenBlock) return WaitUntilCancelled(context);
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, absl::StrCat(name_, " broke mid-stream"));
     case FakeMode::kStream:
+    case FakeMode::kHoldAfterFirstChunk:
       break;
   }
   int tokens = 0;
@@ -158,6 +164,16 @@ grpc::Status FakeBackend::Chat(grpc::ServerContext* context, const v1::ChatReque
     chunk.add_token_ids(static_cast<int>(i));
     ++tokens;
     if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
+    if (i == 0 && mode == FakeMode::kHoldAfterFirstChunk) {
+      absl::MutexLock lock(&mu_);
+      const absl::Time give_up = absl::Now() + absl::Seconds(30);
+      // Short waits: the sync API has no cancellation callback (see WaitUntilCancelled).
+      while (!mu_.AwaitWithTimeout(absl::Condition(&released_), absl::Milliseconds(1))) {
+        if (context->IsCancelled() || absl::Now() > give_up) {
+          return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while held");
+        }
+      }
+    }
   }
   chunk.Clear();
   chunk.set_finish_reason(v1::FINISH_REASON_STOP);

@@ -23,6 +23,7 @@ enum class FakeMode {
   kChunkThenUnavailable,  // one chunk, then UNAVAILABLE
   kChunkThenBlock,      // one chunk, then waits until the call is cancelled
   kBlock,               // waits until the call is cancelled, sending nothing
+  kHoldAfterFirstChunk,  // like kStream, but waits for Release() after the first chunk
 };
 
 struct FakeTls {
@@ -39,6 +40,8 @@ class FakeBackend final : public ultramem::v1::ChatService::Service {
   void SetMode(FakeMode mode, grpc::Status fail_status = grpc::Status::OK);
   void SetLoad(int running, int waiting, int max_running);
   void SetChunks(std::vector<std::string> chunks, absl::Duration delay);
+  // Lets every held (kHoldAfterFirstChunk) stream, current and future, go on.
+  void Release();
 
   const std::string& address() const { return address_; }
   std::string expected_text() const;  // what kStream sends, concatenated
@@ -81,6 +84,7 @@ class FakeBackend final : public ultramem::v1::ChatService::Service {
   int chat_calls_ ABSL_GUARDED_BY(mu_) = 0;
   int load_calls_ ABSL_GUARDED_BY(mu_) = 0;
   int cancellations_ ABSL_GUARDED_BY(mu_) = 0;
+  bool released_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<absl::Time> last_deadline_ ABSL_GUARDED_BY(mu_);
   ultramem::v1::ChatRequest last_request_ ABSL_GUARDED_BY(mu_);
 };

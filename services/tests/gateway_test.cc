@@ -300,13 +300,14 @@ TEST_F(GatewayTest, ThirtyTwoConcurrentStreamsComplete) {
 struct TestCert {
   std::string cert_pem, key_pem;
 };
-TestCert MakeSelfSignedCert() {
+// `names`: the certificate's subjectAltName.
+TestCert MakeSelfSignedCert(const std::string& names = "DNS:localhost,IP:127.0.0.1") {
   char dir_template[] = "/tmp/ultramem_gateway_tls_XXXXXX";
   const std::string dir = mkdtemp(dir_template);
   const std::string cert = dir + "/cert.pem", key = dir + "/key.pem";
   const std::string command = absl::StrCat(
       "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
-      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout ", key, " -out ", cert,
+      "-addext subjectAltName=", names, " -keyout ", key, " -out ", cert,
       " >/dev/null 2>&1");
   TestCert result;
   if (std::system(command.c_str()) == 0) {
@@ -337,6 +338,21 @@ TEST_F(GatewayTest, TlsRoundTripWithMutualTlsToTheBackend) {
   auto plain = v1::ChatService::NewStub(
       grpc::CreateChannel(gateway_->address(), grpc::InsecureChannelCredentials()));
   EXPECT_FALSE(RunChat(*plain, Hello(), "", absl::Seconds(3)).status.ok());
+}
+
+TEST_F(GatewayTest, TlsToAResolvedNameChecksTheCertificateAgainstTheName) {
+  // The certificate names only "localhost": the gateway dials 127.0.0.1 (what localhost resolves
+  // to) but must check the certificate against the name it was given.
+  const TestCert tls = MakeSelfSignedCert("DNS:localhost");
+  ASSERT_FALSE(tls.cert_pem.empty()) << "openssl could not make a certificate";
+  auto backend = FakeBackend::Start("A", {tls.cert_pem, tls.key_pem, ""});
+  GatewayOptions options = TestOptions({});
+  options.backends = {"localhost:" + backend->address().substr(backend->address().rfind(':') + 1)};
+  options.backend_tls_ca_pem = tls.cert_pem;
+  StartGateway(options, 1);
+  ChatResult r = RunChat(*stub_, Hello());
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.text, backend->expected_text());
 }
 
 // A local port nobody listens on.
@@ -438,7 +454,7 @@ TEST_F(GatewayTest, ExportsTheMetricsOfTheProcessContract) {
         "ultramem_gateway_requests_total{code=\"INVALID_ARGUMENT\"} 1",
         "ultramem_gateway_requests_in_flight 0", "ultramem_gateway_request_latency_seconds_count 1",
         "ultramem_gateway_time_to_first_token_seconds_count 1",
-        "ultramem_gateway_backends_healthy 1"}) {
+        "ultramem_gateway_backends_healthy 1", "ultramem_gateway_backends_known 1"}) {
     EXPECT_NE(text.find(name), std::string::npos) << name << "\n" << text;
   }
   EXPECT_NE(text.find(absl::StrCat("ultramem_gateway_backend_requests_total{backend=\"",

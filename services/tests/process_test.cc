@@ -1,6 +1,7 @@
 // The two programs as users run them: ultramem-gateway (flags as PROCESSES.md spells them, the
-// LISTENING/SERVING lines, exit 0 on SIGTERM) in front of a fake compute node, and ultramem-chat
-// one-shot and interactive (conversation kept), with the token from the environment.
+// LISTENING/SERVING lines, exit 0 on SIGTERM) in front of a fake compute node named by
+// "localhost:PORT", and ultramem-chat one-shot and interactive (conversation kept), with the token
+// from the environment.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "services/tests/fake_backend.h"
@@ -115,15 +117,21 @@ TEST(ProcessTest, GatewayAndChatClientEndToEndWithAFakeComputeNode) {
   close(token_fd);
   const std::string token_file = token_template;
 
-  Child gateway({ULTRAMEM_GATEWAY_BIN, "--backends", backend->address(), "--listen",
-                 "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--auth-token-file", token_file,
-                 "--poll-interval-ms", "50"});
+  // By name, as in Kubernetes: "localhost" resolves to the fake's 127.0.0.1 (and maybe ::1,
+  // where nothing listens: known but not healthy).
+  const std::string by_name =
+      "localhost:" + backend->address().substr(backend->address().rfind(':') + 1);
+  Child gateway({ULTRAMEM_GATEWAY_BIN, "--backends", by_name, "--listen", "127.0.0.1:0",
+                 "--metrics-listen", "127.0.0.1:0", "--auth-token-file", token_file,
+                 "--poll-interval-ms", "50", "--resolve-interval-ms", "200"});
   const std::string listening = gateway.WaitForLine("LISTENING ", absl::Seconds(20));
   ASSERT_FALSE(listening.empty());
   const size_t begin = listening.find("grpc=") + 5;
   const std::string address = listening.substr(begin, listening.find(' ', begin) - begin);
   EXPECT_NE(listening.find(" metrics="), std::string::npos);
-  ASSERT_FALSE(gateway.WaitForLine("SERVING", absl::Seconds(20)).empty());
+  const std::string serving = gateway.WaitForLine("SERVING", absl::Seconds(20));
+  ASSERT_FALSE(serving.empty());
+  EXPECT_TRUE(absl::StartsWith(serving, "SERVING backends=1/")) << serving;
 
   const std::string chat = absl::StrCat(ULTRAMEM_CHAT_BIN, " --endpoint ", address);
   // No token: refused, non-zero exit, the status on stderr.
