@@ -6,7 +6,8 @@
 // Prints one JSON object per batch size (one model load serves them all): step time, tokens/s, bytes read per step (dense weights once plus the
 // touched value rows and the KV cache), the copy bandwidth measured in the same run (bytes read +
 // written per second by memcpy over buffers far larger than the caches, with as many threads as
-// the engine), and time per step against the floor = bytes / bandwidth.
+// the engine), and time per step against the floor = bytes / bandwidth. The floor is the CPU
+// engine's: with another --backend those four fields are null (bench/gpu measures the device's).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -17,6 +18,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
 #include "common/flags_util.h"
 #include "common/status.h"
 #include "compute_node/model_runtime.h"
@@ -76,7 +78,9 @@ absl::Status Run() {
     batches.push_back(n);
   }
   UM_ASSIGN_OR_RETURN(std::unique_ptr<ModelRuntime> rt, OpenModelRuntime(options));
-  const double bandwidth = CopyBandwidth(threads);
+  // The floor is the CPU engine's (host memcpy bandwidth, float32 KV cache); other backends
+  // report step times only (bench/gpu has the device floor).
+  const double bandwidth = options.engine.backend == "cpu" ? CopyBandwidth(threads) : 0.0;
   for (const int batch : batches) UM_RETURN_IF_ERROR(RunBatch(*rt, batch, threads, bandwidth));
   return absl::OkStatus();
 }
@@ -132,15 +136,19 @@ absl::Status RunBatch(ModelRuntime& runtime, int batch, int threads, double band
                       mc.value_dim * elem;
   }
   bytes += batch * (kv_per_token + value_row_bytes);
-  const double floor_s = bytes / bandwidth;
+  std::string floor = "\"bytes_per_step\": null, \"copy_gbps\": null, \"floor_ms\": null, \"vs_floor\": null";
+  if (bandwidth > 0) {
+    const double floor_s = bytes / bandwidth;
+    floor = absl::StrFormat(
+        "\"bytes_per_step\": %d, \"copy_gbps\": %.2f, \"floor_ms\": %.4f, \"vs_floor\": %.3f",
+        bytes, bandwidth / 1e9, floor_s * 1e3, median / floor_s);
+  }
   std::printf(
-      "{\"batch\": %d, \"threads\": %d, \"step_ms\": %.4f, \"tokens_per_s\": %.2f, "
-      "\"bytes_per_step\": %lld, \"copy_gbps\": %.2f, \"floor_ms\": %.4f, \"vs_floor\": %.3f, "
+      "{\"batch\": %d, \"threads\": %d, \"step_ms\": %.4f, \"tokens_per_s\": %.2f, %s, "
       "\"lookup_ms_per_step\": %.4f, \"wait_ms_per_step\": %.4f, \"hidden_share\": %.3f, "
       "\"prefill_s\": %.3f}\n",
-      batch, threads, median * 1e3, batch / median, static_cast<long long>(bytes), bandwidth / 1e9,
-      floor_s * 1e3, median / floor_s, lookup_s * 1e3 / (steps + 2), wait_s * 1e3 / (steps + 2),
-      lookup_s > 0 ? 1.0 - wait_s / lookup_s : 0.0, prefill_s);
+      batch, threads, median * 1e3, batch / median, floor.c_str(), lookup_s * 1e3 / (steps + 2),
+      wait_s * 1e3 / (steps + 2), lookup_s > 0 ? 1.0 - wait_s / lookup_s : 0.0, prefill_s);
   std::fflush(stdout);
   return absl::OkStatus();
 }
