@@ -46,13 +46,15 @@ class Cluster:
                                                              r.stderr))
         return r
 
-    def make_checkpoint(self, name, config, seed=1, dtype="F32", scale=0.05):
+    def make_checkpoint(self, name, config, seed=1, dtype="F32", scale=0.05, synthetic_seed=None):
+        """A random checkpoint; with synthetic_seed, its value tables are declared, not stored."""
         cfg_path = self.path(name + ".json")
         with open(cfg_path, "w") as f:
             json.dump(config, f)
         out = self.path(name)
+        extra = [] if synthetic_seed is None else ["--synthetic_values_seed", synthetic_seed]
         self.run("ultramem-make-checkpoint", "--config", cfg_path, "--out", out, "--seed", seed,
-                 "--dtype", dtype, "--scale", scale)
+                 "--dtype", dtype, "--scale", scale, *extra)
         return out
 
     def import_store(self, model_dir, store, model_id, rows=None, cols=None, version="v1"):

@@ -4,6 +4,7 @@ shards by rows and by columns, 2 replicas each, against the in-process engine.
   /usr/bin/python3 tests/distributed_test.py [--build build]
 """
 import argparse
+import json
 import os
 import random
 import re
@@ -252,6 +253,33 @@ class DistributedTest(unittest.TestCase):
         node.terminate()
         self.assertEqual(node.wait(30), 0)
         log.close()
+
+    def test_9_synthetic_values_match_in_process(self):
+        """A checkpoint with synthetic value tables (bench/scaleout's kind): memory servers serve
+        manifest-only stores whose rows they compute; the compute node gets the same logits as
+        the in-process engine computing the same function."""
+        model = self.c.make_checkpoint("synthetic", CONFIG, seed=7, dtype="BF16", scale=0.08,
+                                       synthetic_seed=11)
+        servers = []
+        for name, rows, cols in SHARDS:
+            store = self.c.import_store(model, self.c.path("store-synthetic-" + name), "synthetic",
+                                        rows=rows, cols=cols)
+            version_dir = os.path.join(store, "versions", "v1")
+            with open(os.path.join(version_dir, "MANIFEST.json")) as f:
+                self.assertEqual(json.load(f)["synthetic_values"]["seed"], 11)
+            self.assertFalse(os.path.exists(os.path.join(version_dir, "db")), "rows were written")
+            servers.append(self.c.start_memory_server(store))
+        map_path = self.c.path("shards-synthetic.pbtxt")
+        with open(map_path, "w") as f:
+            f.write(shard_map_text([[addr] for _, addr in servers], model_id="synthetic"))
+        out_ref, out_dist = self.c.path("synthetic-ref.npy"), self.c.path("synthetic-dist.npy")
+        self.c.run("ultramem-score", "--model", model, "--tokens", self.tokens, "--logits-out", out_ref)
+        self.c.run("ultramem-score", "--model", model, "--tokens", self.tokens, "--logits-out",
+                   out_dist, "--shard-map", map_path)
+        self.assert_logits_close(np.load(out_dist), np.load(out_ref))
+        for p, _ in servers:
+            self.c.kill(p, signal.SIGTERM)
+            p.wait(timeout=30)
 
     def test_6_bad_shard_maps_are_refused(self):
         addrs = [[a for _, a in pair] for pair in self.servers]
