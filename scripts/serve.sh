@@ -69,12 +69,19 @@ wait_serving() {
 bound_address() { sed -n 's/^LISTENING grpc=\([^, ]*\).*/\1/p' "$1" | head -1; }
 bound_metrics() { sed -n 's/^LISTENING .*metrics=\([0-9]*\).*/\1/p' "$1" | head -1; }
 
-read -r N MODEL_ID < <("${PYTHON:-/usr/bin/python3}" - "$MODEL" <<'PY'
+# The model id is the directory's name (as docker-compose and Kubernetes import it; the compute
+# node also checks every store's dimensions). The store version names the model's files (config
+# and the safetensors' sizes and times), so a changed model is imported afresh beside the old one.
+read -r N MODEL_ID VERSION < <("${PYTHON:-/usr/bin/python3}" - "$MODEL" <<'PY'
 import hashlib, json, os, sys
-d = sys.argv[1]
+d = os.path.abspath(sys.argv[1])
 raw = open(os.path.join(d, "config.json"), "rb").read()
-cfg = json.loads(raw)
-print(cfg["memory"]["knum"] ** 2, "%s-%s" % (os.path.basename(os.path.abspath(d)), hashlib.sha256(raw).hexdigest()[:8]))
+h = hashlib.sha256(raw)
+for name in sorted(os.listdir(d)):
+    if ".safetensors" in name:
+        st = os.stat(os.path.join(d, name))
+        h.update(("%s %d %d;" % (name, st.st_size, st.st_mtime_ns)).encode())
+print(json.loads(raw)["memory"]["knum"] ** 2, os.path.basename(d), "m-" + h.hexdigest()[:12])
 PY
 )
 HALF=$((N / 2))
@@ -87,7 +94,7 @@ shard_map=$STATE/shard_map.pbtxt
 for i in 0 1; do
   store=$STATE/memory-$i
   echo "== memory shard $i: rows ${ranges[$i]} of $MODEL -> $store"
-  "$BIN/ultramem-import" --checkpoint "$MODEL" --store-dir "$store" --version "$MODEL_ID" \
+  "$BIN/ultramem-import" --checkpoint "$MODEL" --store-dir "$store" --version "$VERSION" \
     --model-id "$MODEL_ID" --rows "${ranges[$i]}" --progress off >"$STATE/logs/import-$i.log" 2>&1 ||
     { tail -20 "$STATE/logs/import-$i.log" >&2; exit 1; }
   log=$STATE/logs/memory-$i.log
@@ -130,7 +137,7 @@ auth=""
 cat <<EOF
 
 UltraMem Serve is up: chat endpoint $GATEWAY_ADDR (gRPC, ultramem.v1.ChatService)
-  model $MODEL (id $MODEL_ID), memory servers ${MEMORY_ADDR[0]} ${MEMORY_ADDR[1]}, compute node $COMPUTE_ADDR
+  model $MODEL (id $MODEL_ID, store version $VERSION), memory servers ${MEMORY_ADDR[0]} ${MEMORY_ADDR[1]}, compute node $COMPUTE_ADDR
   metrics: gateway :$GATEWAY_METRICS, compute node :$COMPUTE_METRICS, memory :${MEMORY_METRICS[0]},${MEMORY_METRICS[1]}   logs: $STATE/logs/
 
 Try:
