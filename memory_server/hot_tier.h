@@ -9,6 +9,8 @@
 
 namespace ultramem::memory {
 
+class SlotMap;
+
 // A row of the store: (block index << 40) | (row - block.row_begin).
 using RowId = uint64_t;
 inline RowId MakeRowId(int block_index, int64_t row_in_block) {
@@ -63,11 +65,11 @@ class FullHotTier final : public HotTier {
   std::unique_ptr<uint8_t[]> data_;
 };
 
-// A fixed number of row slots with CLOCK (second-chance) eviction: a hit sets a reference bit,
-// the hand clears bits and evicts the first unpinned slot without one. Under skewed (Zipf)
-// popularity it keeps the head like LRU does, at a lock-free-ish cost per hit. Split into
-// independently locked shards by row hash. `capacity_bytes` counts row data only; the index adds
-// about 32 bytes per slot.
+// A fixed number of row slots in host RAM with CLOCK (second-chance) eviction: a hit sets a
+// reference bit, the hand clears bits and evicts the first unpinned slot without one. Under skewed
+// (Zipf) popularity it keeps the head like LRU does, at a lock-free-ish cost per hit. The policy
+// is memory_server/slot_map.h's SlotMap (shared with the GPU tier); this class adds the row data.
+// `capacity_bytes` counts row data only; the index adds about 32 bytes per slot.
 class ClockHotTier final : public HotTier {
  public:
   ClockHotTier(int64_t capacity_bytes, size_t row_bytes);
@@ -81,12 +83,11 @@ class ClockHotTier final : public HotTier {
   void Admit(RowId id, const uint8_t* row) override;
 
  private:
-  struct Shard;
-  Shard& ShardOf(RowId id) const;
   int64_t capacity_bytes_;
   size_t row_bytes_;
   int64_t num_slots_;
-  std::vector<std::unique_ptr<Shard>> shards_;
+  std::unique_ptr<SlotMap> slots_;
+  std::unique_ptr<uint8_t[]> data_;  // num_slots_ rows
 };
 
 }  // namespace ultramem::memory

@@ -1,5 +1,5 @@
-// Implementation of memory_server/slot_map.h (the CLOCK policy of hot_tier.cc's ClockHotTier,
-// without the row data).
+// Implementation of memory_server/slot_map.h: the CLOCK policy of both the host-RAM
+// ClockHotTier (hot_tier.cc) and the GPU tier.
 #include "memory_server/slot_map.h"
 
 #include <algorithm>

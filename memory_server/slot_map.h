@@ -1,7 +1,7 @@
-// Which value row sits in which slot of a fixed array of row slots (the GPU hot tier's device
-// memory): a CLOCK index with pins, kept on the host. Rows are written into slots by the caller;
-// the map only decides where, and guarantees that a pinned slot is never handed out for another
-// row.
+// Which value row sits in which slot of a fixed array of row slots (the host-RAM ClockHotTier's
+// and the GPU tier's device memory): a CLOCK index with pins, kept on the host. Rows are written
+// into slots by the caller; the map only decides where, and guarantees that a pinned slot is never
+// handed out for another row.
 #pragma once
 
 #include <cstdint>
