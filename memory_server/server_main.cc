@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/flags_util.h"
+#include "common/signals.h"
 #include "common/log.h"
 #include "memory_server/memory_server.h"
 
@@ -41,13 +42,8 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Serves a memory-server store over gRPC.");
   ultramem::NormalizeFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
-  // Signals go to one thread, which sigwait()s for them; every other thread inherits the mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // Signals go to this thread, which waits for them; every other thread inherits the mask.
+  const sigset_t signals = ultramem::BlockSignals({SIGTERM, SIGINT, SIGHUP});
 
   ultramem::memory::MemoryServerOptions options;
   options.store_dir = absl::GetFlag(FLAGS_store_dir);
@@ -94,8 +90,7 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   for (;;) {
-    int signal = 0;
-    if (sigwait(&signals, &signal) != 0) continue;
+    const int signal = ultramem::WaitForSignal(signals);
     if (signal == SIGHUP) {
       absl::Status reloaded = (*server)->Reload();
       if (!reloaded.ok()) UM_LOG_WARNING("reload: ", reloaded.ToString());

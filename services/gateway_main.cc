@@ -14,6 +14,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
 #include "common/flags_util.h"
+#include "common/signals.h"
 #include "common/log.h"
 #include "services/gateway.h"
 #include "services/grpc_util.h"
@@ -53,11 +54,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("The UltraMem chat gateway: forwards ultramem.v1.ChatService to compute nodes.");
   ultramem::NormalizeFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const sigset_t signals = ultramem::BlockSignals({SIGTERM, SIGINT});
 
   ultramem::services::GatewayOptions options;
   options.backends = absl::StrSplit(absl::GetFlag(FLAGS_backends), ',', absl::SkipEmpty());
@@ -94,9 +91,7 @@ int main(int argc, char** argv) {
     }
   });
 
-  int signal = 0;
-  while (sigwait(&signals, &signal) != 0) {
-  }
+  const int signal = ultramem::WaitForSignal(signals);
   UM_LOG_INFO("signal ", signal, ": draining");
   (*gateway)->Shutdown();
   announcer.join();

@@ -14,6 +14,7 @@
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "common/flags_util.h"
+#include "common/signals.h"
 #include "common/log.h"
 #include "compute_node/serving/compute_server.h"
 
@@ -52,11 +53,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("ultramem-compute-node --model DIR [--shard-map FILE] [--listen ADDR]");
   ultramem::NormalizeFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const sigset_t signals = ultramem::BlockSignals({SIGTERM, SIGINT});
 
   ultramem::ComputeServerOptions o;
   o.runtime.model_dir = absl::GetFlag(FLAGS_model);
@@ -90,9 +87,7 @@ int main(int argc, char** argv) {
               (*server)->metrics_port());
   std::printf("SERVING\n");
   std::fflush(stdout);
-  int signal = 0;
-  while (sigwait(&signals, &signal) != 0) {
-  }
+  const int signal = ultramem::WaitForSignal(signals);
   UM_LOG_INFO("signal ", signal, ": draining");
   (*server)->Shutdown();
   return 0;
