@@ -18,6 +18,7 @@
 #include "common/checkpoint.h"
 #include "common/flags_util.h"
 #include "common/status.h"
+#include "common/tool_main.h"
 #include "compute_node/remote/remote_pooler.h"
 #include "compute_node/remote/shard_map.h"
 #include "ultramem/v1/memory.grpc.pb.h"
@@ -116,12 +117,5 @@ absl::Status Run() {
 }  // namespace ultramem
 
 int main(int argc, char** argv) {
-  ultramem::NormalizeFlagNames(argc, argv);
-  absl::ParseCommandLine(argc, argv);
-  absl::Status st = ultramem::Run();
-  if (!st.ok()) {
-    std::fprintf(stderr, "ultramem-bench-pooler: %s\n", st.ToString().c_str());
-    return 1;
-  }
-  return 0;
+  return ultramem::RunTool(argc, argv, "ultramem-bench-pooler", ultramem::Run);
 }

@@ -21,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "common/flags_util.h"
 #include "common/status.h"
+#include "common/tool_main.h"
 #include "compute_node/model_runtime.h"
 
 ABSL_FLAG(std::string, model, "", "model directory");
@@ -157,12 +158,5 @@ absl::Status RunBatch(ModelRuntime& runtime, int batch, int threads, double band
 }  // namespace ultramem
 
 int main(int argc, char** argv) {
-  ultramem::NormalizeFlagNames(argc, argv);
-  absl::ParseCommandLine(argc, argv);
-  absl::Status st = ultramem::Run();
-  if (!st.ok()) {
-    std::fprintf(stderr, "ultramem-bench-decode: %s\n", st.ToString().c_str());
-    return 1;
-  }
-  return 0;
+  return ultramem::RunTool(argc, argv, "ultramem-bench-decode", ultramem::Run);
 }

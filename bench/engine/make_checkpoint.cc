@@ -13,6 +13,7 @@
 #include "common/flags_util.h"
 #include "common/model_config.h"
 #include "common/status.h"
+#include "common/tool_main.h"
 
 ABSL_FLAG(std::string, config, "", "config.json to instantiate");
 ABSL_FLAG(std::string, out, "", "output model directory");
@@ -58,12 +59,5 @@ absl::Status Run() {
 }  // namespace ultramem
 
 int main(int argc, char** argv) {
-  ultramem::NormalizeFlagNames(argc, argv);
-  absl::ParseCommandLine(argc, argv);
-  absl::Status st = ultramem::Run();
-  if (!st.ok()) {
-    std::fprintf(stderr, "ultramem-make-checkpoint: %s\n", st.ToString().c_str());
-    return 1;
-  }
-  return 0;
+  return ultramem::RunTool(argc, argv, "ultramem-make-checkpoint", ultramem::Run);
 }

@@ -13,6 +13,7 @@
 #include "common/file_util.h"
 #include "common/flags_util.h"
 #include "common/status.h"
+#include "common/tool_main.h"
 #include "compute_node/model_runtime.h"
 #include "compute_node/sampler.h"
 
@@ -112,12 +113,5 @@ absl::Status Run() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("ultramem-generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]");
-  ultramem::NormalizeFlagNames(argc, argv);
-  absl::ParseCommandLine(argc, argv);
-  absl::Status status = ultramem::Run();
-  if (!status.ok()) {
-    std::fprintf(stderr, "ultramem-generate: %s\n", status.ToString().c_str());
-    return 1;
-  }
-  return 0;
+  return ultramem::RunTool(argc, argv, "ultramem-generate", ultramem::Run);
 }

@@ -21,6 +21,7 @@
 #include "common/file_util.h"
 #include "common/flags_util.h"
 #include "common/status.h"
+#include "common/tool_main.h"
 #include "compute_node/model_runtime.h"
 
 ABSL_FLAG(std::string, model, "", "model directory (config.json + safetensors)");
@@ -153,12 +154,5 @@ absl::Status Run() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("ultramem-score --model DIR (--tokens 1,2,3 | --text FILE) [--logits-out L.npy] [--rows-out R.npy] [--decode]");
-  ultramem::NormalizeFlagNames(argc, argv);
-  absl::ParseCommandLine(argc, argv);
-  absl::Status status = ultramem::Run();
-  if (!status.ok()) {
-    std::fprintf(stderr, "ultramem-score: %s\n", status.ToString().c_str());
-    return 1;
-  }
-  return 0;
+  return ultramem::RunTool(argc, argv, "ultramem-score", ultramem::Run);
 }

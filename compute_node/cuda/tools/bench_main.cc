@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "common/status.h"
+#include "common/tool_main.h"
 #include "compute_node/cuda/cuda_engine.h"
 #include "compute_node/model_runtime.h"
 
@@ -108,11 +109,5 @@ absl::Status Run() {
 }  // namespace ultramem
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
-  absl::Status st = ultramem::Run();
-  if (!st.ok()) {
-    std::fprintf(stderr, "ultramem-cuda-bench: %s\n", st.ToString().c_str());
-    return 1;
-  }
-  return 0;
+  return ultramem::RunTool(argc, argv, "ultramem-cuda-bench", ultramem::Run);
 }
