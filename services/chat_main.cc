@@ -16,6 +16,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
+#include "common/file_util.h"
 #include "common/flags_util.h"
 #include "services/chat_client.h"
 #include "services/gateway_metrics.h"
@@ -90,7 +91,7 @@ int main(int argc, char** argv) {
     if (const char* env = std::getenv("ULTRAMEM_AUTH_TOKEN")) options.token = env;
   }
   if (const std::string ca = absl::GetFlag(FLAGS_tls_ca); !ca.empty()) {
-    auto pem = ultramem::services::ReadTextFile(ca);
+    auto pem = ultramem::ReadFileOrEmpty(ca);
     if (!pem.ok()) {
       std::fprintf(stderr, "error: %s\n", pem.status().ToString().c_str());
       return 2;

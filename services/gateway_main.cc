@@ -13,6 +13,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
+#include "common/file_util.h"
 #include "common/flags_util.h"
 #include "common/signals.h"
 #include "common/log.h"
@@ -40,7 +41,7 @@ namespace {
 // The file's text (whitespace trimmed when `trim`), or exits with a message.
 std::string ReadOrDie(const std::string& path, const char* what, bool trim = false) {
   if (path.empty()) return "";
-  auto text = ultramem::services::ReadTextFile(path);
+  auto text = ultramem::ReadFileOrEmpty(path);
   if (!text.ok()) {
     UM_LOG_ERROR("cannot read the ", what, ": ", text.status().ToString());
     std::exit(2);

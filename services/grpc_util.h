@@ -19,8 +19,6 @@ namespace ultramem::services {
 
 // TLS credentials: MakeServerCredentials / MakeChannelCredentials in proto/grpc_setup.h.
 
-// The whole file; NotFound/PermissionDenied-style errors name the path.
-absl::StatusOr<std::string> ReadTextFile(const std::string& path);
 
 inline grpc::Status ToGrpc(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;

@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "common/file_util.h"
 #include "services/grpc_util.h"
 #include "services/tests/fake_backend.h"
 
@@ -311,8 +312,8 @@ TestCert MakeSelfSignedCert(const std::string& names = "DNS:localhost,IP:127.0.0
       " >/dev/null 2>&1");
   TestCert result;
   if (std::system(command.c_str()) == 0) {
-    result.cert_pem = ReadTextFile(cert).value_or("");
-    result.key_pem = ReadTextFile(key).value_or("");
+    result.cert_pem = ReadFileOrEmpty(cert).value_or("");
+    result.key_pem = ReadFileOrEmpty(key).value_or("");
   }
   std::system(absl::StrCat("rm -rf ", dir).c_str());
   return result;
