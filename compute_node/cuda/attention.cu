@@ -1,14 +1,13 @@
-// Implementation of attention.cuh. The fast kernel (head_dim 32/64/128, group 1/2/4/8): one block
-// per (token, kv head, split), 128 threads; positions in tiles of 128 (one per thread for the
-// scores, each thread loading its whole K row in 16-byte pieces), online softmax per query head,
-// then P·V with each lane owning 8 dims of a V row (16-byte loads, several rows in flight); the
-// last split to finish merges. The generic kernels below cover every other shape (kernel 1 the
-// same tiling with scalar V reads, kernel 2 the merge).
+// Implementation of attention.cuh. The fast kernel (head_dim 32/64/128, group 1/2/4/8) runs one
+// AttentionItem (attention_item.cuh) per block of 128 threads, (token, kv head, split) from the
+// grid. The generic kernels below cover every other shape (kernel 1 the same tiling with scalar V
+// reads, kernel 2 the merge).
 #include "compute_node/cuda/attention.cuh"
 
 #include <algorithm>
 #include <cmath>
 
+#include "compute_node/cuda/attention_item.cuh"
 #include "compute_node/cuda/launch.cuh"
 #include "compute_node/cuda/rope.cuh"
 
@@ -188,287 +187,33 @@ int AttentionSplits(int tokens, int num_kv_heads, int sm_count, int max_position
   return splits;
 }
 
-// ---- the fast kernel ----
+// ---- the fast kernel: one AttentionItem (attention_item.cuh) per block ----
 
-static constexpr int kFastThreads = 128;
-static constexpr int kTile = 128;  // positions per tile: one per thread for the scores
-static constexpr int kFastWarps = kFastThreads / 32;
-
-template <int kHD, int kG>
-struct FastSmem {
-  float q[kG][kHD];  // pre-scaled (and rotated when fused)
-  float own_k[kHD], own_v[kHD];  // fused: this token's K and V (bf16-rounded)
-  float p[kG][kTile];
-  float m_run[kG], l_run[kG], rescale[kG];
-  float red[kFastWarps][kG][kHD];
-  int last;
+struct BlockSync {
+  __device__ void operator()() const { __syncthreads(); }
 };
-
-static __device__ __forceinline__ void Bf16x8ToFloat(const uint4& raw, float* f) {
-  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int u = 0; u < 4; ++u) {
-    const float2 v = __bfloat1622float2(pairs[u]);
-    f[2 * u] = v.x;
-    f[2 * u + 1] = v.y;
+struct PdlWait {
+  __device__ void operator()() const {
+    GridDependencyWait();
+    AllowDependents();
   }
-}
+};
 
 template <int kHD, int kG>
 static __global__ void __launch_bounds__(kFastThreads)
-    AttentionFastKernel(const float* qkv, const TokenKv* kv, const float2* rope, int num_heads,
-                        int num_kv_heads, int layer, int splits, float* scratch, int* counters,
-                        __nv_bfloat16* out) {
-  constexpr int kL = kHD / 8;               // lanes per V row (8 dims each)
-  constexpr int kRowsPerWarp = 32 / kL;     // V rows per warp load instruction
-  constexpr int kRowStep = kFastWarps * kRowsPerWarp;
-  constexpr int kUnroll = 4;
-  __shared__ FastSmem<kHD, kG> sm;
-  const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int width = num_kv_heads * kHD;
-  const TokenKv tok = kv[t];  // copied from the host before the step, not written by a kernel
-  const int pos = tok.position;
-  const int ctx = pos + 1;
-  const int chunk = (ctx + splits - 1) / splits;
-  const int p0 = min(ctx, split * chunk);
-  const int p1 = min(ctx, p0 + chunk);
-  const bool fused = rope != nullptr;
-  const __nv_bfloat16* kbase = KvRow(tok, layer, 0, 0, width) + kvh * kHD;
-  const __nv_bfloat16* vbase = KvRow(tok, layer, 1, 0, width) + kvh * kHD;
-  // Decode: the rows before the token's own position were written by earlier steps, so this
-  // thread's first K row is loaded, and its V row asked of L2, while the previous kernel runs.
-  uint4 kraw[kHD / 8];  // this thread's K row of the current tile
-  bool have_kfirst = false;
-  if (fused && p0 + tid < p1 && p0 + tid != pos) {
-    const uint4* krow = reinterpret_cast<const uint4*>(kbase + static_cast<int64_t>(p0 + tid) * width);
-#pragma unroll
-    for (int c = 0; c < kHD / 8; ++c) kraw[c] = krow[c];
-    have_kfirst = true;
-    PrefetchL2(vbase + static_cast<int64_t>(p0 + tid) * width, kHD * 2);
-  }
-  GridDependencyWait();
-  AllowDependents();
-
-  const float scale = rsqrtf(static_cast<float>(kHD));
-  const float* row = qkv + static_cast<int64_t>(t) * (num_heads + 2 * num_kv_heads) * kHD;
-  constexpr int kHalf = kHD / 2;
-  const float2* cs = fused ? rope + static_cast<int64_t>(pos) * kHalf : nullptr;
-  for (int e = tid; e < kG * kHD; e += kFastThreads) {
-    const int g = e / kHD, d = e % kHD;
-    const float* h = row + (kvh * kG + g) * kHD;
-    float v;
-    if (fused) {
-      const int i = d % kHalf;
-      const float a = h[i], b = h[i + kHalf];
-      const float2 c = cs[i];
-      v = d < kHalf ? a * c.x - b * c.y : b * c.x + a * c.y;
-    } else {
-      v = h[d];
-    }
-    sm.q[g][d] = v * scale;
-  }
-  if (fused) {
-    const bool owner = p0 < p1 && p1 == ctx;  // the split holding the token's own position
-    for (int d = tid; d < kHD; d += kFastThreads) {
-      const float* hk = row + (num_heads + kvh) * kHD;
-      const int i = d % kHalf;
-      const float a = hk[i], b = hk[i + kHalf];
-      const float2 c = cs[i];
-      const __nv_bfloat16 k = __float2bfloat16(d < kHalf ? a * c.x - b * c.y : b * c.x + a * c.y);
-      const __nv_bfloat16 v = __float2bfloat16(row[(num_heads + num_kv_heads + kvh) * kHD + d]);
-      sm.own_k[d] = __bfloat162float(k);
-      sm.own_v[d] = __bfloat162float(v);
-      if (owner) {
-        KvRow(tok, layer, 0, pos, width)[kvh * kHD + d] = k;
-        KvRow(tok, layer, 1, pos, width)[kvh * kHD + d] = v;
-      }
-    }
-  }
-  if (tid < kG) {
-    sm.m_run[tid] = -INFINITY;
-    sm.l_run[tid] = 0.0f;
-  }
-  const int sub = lane / kL, dl = lane % kL;
-  float acc[kG][8];
-#pragma unroll
-  for (int g = 0; g < kG; ++g)
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
-  __syncthreads();
-
-  for (int tile = p0; tile < p1; tile += kTile) {
-    // Scores of this thread's position for every query head of the group.
-    const int p = tile + tid;
-    if (p < p1) {
-      float s[kG];
-#pragma unroll
-      for (int g = 0; g < kG; ++g) s[g] = 0.0f;
-      if (fused && p == pos) {
-#pragma unroll 8
-        for (int d = 0; d < kHD; ++d) {
-          const float k = sm.own_k[d];
-#pragma unroll
-          for (int g = 0; g < kG; ++g) s[g] += sm.q[g][d] * k;
-        }
-      } else {
-        const uint4* krow = reinterpret_cast<const uint4*>(kbase + static_cast<int64_t>(p) * width);
-        if (tile != p0 || !have_kfirst) {
-#pragma unroll
-          for (int c = 0; c < kHD / 8; ++c) kraw[c] = krow[c];
-        }
-#pragma unroll
-        for (int c = 0; c < kHD / 8; ++c) {
-          float kf[8];
-          Bf16x8ToFloat(kraw[c], kf);
-#pragma unroll
-          for (int g = 0; g < kG; ++g) {
-            const float4 qa = *reinterpret_cast<const float4*>(&sm.q[g][c * 8]);
-            const float4 qb = *reinterpret_cast<const float4*>(&sm.q[g][c * 8 + 4]);
-            s[g] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] +
-                    qb.y * kf[5] + qb.z * kf[6] + qb.w * kf[7];
-          }
-        }
-      }
-#pragma unroll
-      for (int g = 0; g < kG; ++g) sm.p[g][tid] = s[g];
-    } else {
-#pragma unroll
-      for (int g = 0; g < kG; ++g) sm.p[g][tid] = -INFINITY;
-    }
-    __syncthreads();
-    // Online softmax: warp w updates heads w, w + 4, ...
-    for (int g = warp; g < kG; g += kFastWarps) {
-      float* pg = sm.p[g];
-      float mx = -INFINITY;
-      for (int j = lane; j < kTile; j += 32) mx = fmaxf(mx, pg[j]);
-      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      const float m_new = fmaxf(sm.m_run[g], mx);
-      float sum = 0.0f;
-      for (int j = lane; j < kTile; j += 32) {
-        const float e = __expf(pg[j] - m_new);
-        pg[j] = e;
-        sum += e;
-      }
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      if (lane == 0) {
-        const float r = __expf(sm.m_run[g] - m_new);
-        sm.rescale[g] = r;
-        sm.l_run[g] = sm.l_run[g] * r + sum;
-        sm.m_run[g] = m_new;
-      }
-    }
-    __syncthreads();
-    // P·V: lane (sub, dl) takes rows warp·kRowsPerWarp + sub (+ kRowStep ...), dims dl·8 .. +8.
-#pragma unroll
-    for (int g = 0; g < kG; ++g) {
-      const float r = sm.rescale[g];
-#pragma unroll
-      for (int i = 0; i < 8; ++i) acc[g][i] *= r;
-    }
-    const int n = min(kTile, p1 - tile);
-    for (int j0 = warp * kRowsPerWarp + sub; j0 < n; j0 += kUnroll * kRowStep) {
-      uint4 raw[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int j = j0 + u * kRowStep;
-        raw[u] = j < n ? *reinterpret_cast<const uint4*>(vbase + static_cast<int64_t>(tile + j) * width + dl * 8)
-                       : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int j = j0 + u * kRowStep;
-        if (j < n) {
-          float vf[8];
-          if (fused && tile + j == pos) {
-#pragma unroll
-            for (int i = 0; i < 8; ++i) vf[i] = sm.own_v[dl * 8 + i];
-          } else {
-            Bf16x8ToFloat(raw[u], vf);
-          }
-#pragma unroll
-          for (int g = 0; g < kG; ++g) {
-            const float pj = sm.p[g][j];
-#pragma unroll
-            for (int i = 0; i < 8; ++i) acc[g][i] += pj * vf[i];
-          }
-        }
-      }
-    }
-    __syncthreads();
-  }
-
-  // Sum the rows' partial products: within the warp (lanes of equal dl), then across warps.
-#pragma unroll
-  for (int g = 0; g < kG; ++g)
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-      for (int o = kL; o < 32; o <<= 1) acc[g][i] += __shfl_xor_sync(0xffffffffu, acc[g][i], o);
-  if (sub == 0) {
-#pragma unroll
-    for (int g = 0; g < kG; ++g)
-#pragma unroll
-      for (int i = 0; i < 8; ++i) sm.red[warp][g][dl * 8 + i] = acc[g][i];
-  }
-  __syncthreads();
-  const int head0 = kvh * kG;
-  if (splits == 1) {
-    for (int e = tid; e < kG * kHD; e += kFastThreads) {
-      const int g = e / kHD, d = e % kHD;
-      float a = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kFastWarps; ++w) a += sm.red[w][g][d];
-      out[(static_cast<int64_t>(t) * num_heads + head0 + g) * kHD + d] = __float2bfloat16(a / sm.l_run[g]);
-    }
-    return;
-  }
-  // Partial: [t][head][split][hd + 2] = acc (unnormalized), m, l; the last block merges.
-  for (int e = tid; e < kG * kHD; e += kFastThreads) {
-    const int g = e / kHD, d = e % kHD;
-    float a = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kFastWarps; ++w) a += sm.red[w][g][d];
-    float* part = scratch + ((static_cast<int64_t>(t) * num_heads + head0 + g) * splits + split) * (kHD + 2);
-    part[d] = a;
-    if (d == 0) {
-      part[kHD] = sm.m_run[g];
-      part[kHD + 1] = sm.l_run[g];
-    }
-  }
-  __threadfence();
-  __syncthreads();
-  int* counter = counters + t * num_kv_heads + kvh;
-  if (tid == 0) sm.last = atomicAdd(counter, 1) == splits - 1;
-  __syncthreads();
-  if (!sm.last) return;
-  __threadfence();
-  for (int e = tid; e < kG * kHD; e += kFastThreads) {
-    const int g = e / kHD, d = e % kHD;
-    const float* parts = scratch + (static_cast<int64_t>(t) * num_heads + head0 + g) * splits * (kHD + 2);
-    float m = -INFINITY;
-    for (int s = 0; s < splits; ++s) m = fmaxf(m, __ldcg(parts + s * (kHD + 2) + kHD));
-    float l = 0.0f, a = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-      const float* ps = parts + s * (kHD + 2);
-      const float ms = __ldcg(ps + kHD);
-      if (ms == -INFINITY) continue;  // an empty split
-      const float w = __expf(ms - m);
-      l += __ldcg(ps + kHD + 1) * w;
-      a += __ldcg(ps + d) * w;
-    }
-    out[(static_cast<int64_t>(t) * num_heads + head0 + g) * kHD + d] = __float2bfloat16(a / l);
-  }
-  if (tid == 0) *counter = 0;
+    AttentionFastKernel(AttentionItemArgs args) {
+  __shared__ AttentionItemSmem<kHD, kG> sm;
+  AttentionItem<kHD, kG>(sm, args, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, BlockSync{},
+                         PdlWait{});
 }
 
 template <int kHD, int kG>
 static void LaunchFast(float* qkv, const TokenKv* kv, const float2* rope, int tokens,
                        int num_heads, int num_kv_heads, int layer, int splits, float* scratch,
                        int* counters, __nv_bfloat16* out, cudaStream_t stream) {
+  const AttentionItemArgs args{qkv, kv, rope, num_heads, num_kv_heads, layer, splits, scratch, counters, out};
   LaunchKernel(AttentionFastKernel<kHD, kG>, dim3(tokens, num_kv_heads, splits), dim3(kFastThreads),
-               0, stream, qkv, kv, rope, num_heads, num_kv_heads, layer, splits, scratch, counters,
-               out);
+               0, stream, args);
 }
 
 template <int kHD>

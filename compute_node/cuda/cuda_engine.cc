@@ -1,9 +1,12 @@
 // Implementation of compute_node/cuda/cuda_engine.h: weights upload, per-step buffers, the block
 // loop enqueued on two streams (dense work on `main_`, each memory layer's steps 1–10 forked on
 // `mem_` right after its input block and joined before its output block's sum), and CUDA graphs
-// of decode steps keyed by batch size. Steps of a few tokens use the fused kernels (RMSNorm in
-// the GEMV prologue, SwiGLU in the gate/up epilogue, RoPE + K/V append + split merge in the
-// attention kernel) launched with programmatic dependent launch; wider steps use cuBLAS.
+// of decode steps keyed by batch size. Decode steps of at most 8 tokens run the persistent decode
+// kernel (decode_kernel.cuh: the dense phases of many blocks in one launch, cut at the memory
+// layers' fork and join points; UM_CUDA_DECODE_KERNEL=0 turns it off). Other steps of a few
+// tokens use the fused kernels (RMSNorm in the GEMV prologue, SwiGLU in the gate/up epilogue,
+// RoPE + K/V append + split merge in the attention kernel) launched with programmatic dependent
+// launch; wider steps use cuBLAS.
 #include "compute_node/cuda/cuda_engine.h"
 
 #include <cuda_bf16.h>
@@ -12,6 +15,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <vector>
 
@@ -21,6 +26,7 @@
 #include "common/status.h"
 #include "compute_node/cuda/attention.cuh"
 #include "compute_node/cuda/cuda_check.h"
+#include "compute_node/cuda/decode_kernel.cuh"
 #include "compute_node/cuda/device_buffer.h"
 #include "compute_node/cuda/embed.cuh"
 #include "compute_node/cuda/gemm.h"
@@ -176,6 +182,17 @@ class CudaEngine : public Engine {
   absl::Status Enqueue(int tokens, int rows, bool decode);
   absl::Status EnqueueMemoryQuery(int j, int tokens, cudaStream_t stream, cublasHandle_t blas);
   absl::Status EnqueueStep(int tokens, int rows, bool decode, bool graph);
+  // The decode kernel's path for `tokens` ≤ kMaxDecodeKernelTokens decode tokens.
+  absl::Status EnqueueDecodeKernel(int tokens, int rows);
+  // Memory layer j's steps 1–10 after its input block (forked onto mem_, or selections handed to
+  // the host RowPooler), and its join before the output block's value projection (y in d.y).
+  absl::Status ForkMemoryLayer(int j, int tokens, std::vector<std::unique_ptr<PendingPool>>* pending);
+  absl::Status JoinMemoryLayer(int j, int tokens, std::vector<std::unique_ptr<PendingPool>>* pending);
+  // The final norm and lm_head for the `rows` output rows.
+  absl::Status EnqueueLogits(int rows);
+  // The decode kernel's phase list and cut points for the current buffers (EnsureCapacity).
+  absl::Status BuildDecodePhases();
+  bool UseDecodeKernel(int tokens, bool decode) const;
   void ClearGraphs();
 
   std::shared_ptr<const ModelWeights> w_;
@@ -207,7 +224,19 @@ class CudaEngine : public Engine {
   PinnedBuffer<float> host_logits_;
   PinnedBuffer<int64_t> host_selections_;
 
-  std::map<int, Graph> graphs_;  // decode steps by batch size
+  // The decode kernel's phases; cuts_: where a launch ends for a memory layer's fork or join.
+  struct Cut {
+    int at;  // the phase index the next launch starts at
+    bool fork;
+    int layer;
+  };
+  std::vector<DecodePhase> host_phases_;
+  std::vector<Cut> cuts_;
+  int max_in_dim_ = 0;
+  DeviceBuffer<DecodePhase> phases_;
+  DeviceBuffer<unsigned long long> grid_barrier_;
+
+  std::map<int, Graph> graphs_;  // decode steps by batch size (· 2, + 1 on the decode kernel)
   int last_tokens_ = 0, last_rows_ = 0;
   bool last_decode_ = false, last_graph_ = false;
 };
@@ -374,7 +403,7 @@ absl::Status CudaEngine::EnsureCapacity(int tokens, int rows) {
   }
   capacity_tokens_ = T;
   capacity_rows_ = R;
-  return absl::OkStatus();
+  return BuildDecodePhases();
 }
 
 absl::Status CudaEngine::EnqueueMemoryQuery(int j, int T, cudaStream_t stream,
@@ -497,67 +526,83 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
     }
     CUDA_CHECK(cudaGetLastError());
     for (int j = first_reader; j >= 0 && j < J; ++j) {
-      DeviceMemoryLayer& d = mem_layers_[j];
-      if (d.input_block != b) continue;
-      if (device_pool_) {
-        CUDA_CHECK(cudaEventRecord(d.fork, main_));
-        CUDA_CHECK(cudaStreamWaitEvent(mem_, d.fork, 0));
-        UM_RETURN_IF_ERROR(EnqueueMemoryQuery(j, T, mem_, blas_mem_));
-        CUDA_CHECK(cudaEventRecord(d.join, mem_));
-      } else {
-        // Host pooling: selections to pinned memory, then the RowPooler keeps the lookup in
-        // flight while the next blocks run.
-        const MemoryConfig& mc = *cfg_.memory;
-        const int K = mc.SelectionsPerToken();
-        UM_RETURN_IF_ERROR(EnqueueMemoryQuery(j, T, main_, blas_main_));
-        CUDA_CHECK(cudaMemcpyAsync(d.host_rows.get(), d.rows.get(), sizeof(int64_t) * T * K,
-                                   cudaMemcpyDeviceToHost, main_));
-        CUDA_CHECK(cudaMemcpyAsync(d.host_groups.get(), d.groups.get(), sizeof(int32_t) * T * K,
-                                   cudaMemcpyDeviceToHost, main_));
-        CUDA_CHECK(cudaMemcpyAsync(d.host_scores.get(), d.sel_scores.get(),
-                                   sizeof(float) * T * K * mc.tucker_cores,
-                                   cudaMemcpyDeviceToHost, main_));
-        CUDA_CHECK(cudaStreamSynchronize(main_));
-        PoolRequest req;
-        req.layer = j;
-        req.num_tokens = T;
-        req.selections = K;
-        req.rows = d.host_rows.get();
-        req.groups = d.host_groups.get();
-        req.scores = d.host_scores.get();
-        req.out = d.host_y.get();
-        pending[j] = pooler_->Start(req);
-      }
+      if (mem_layers_[j].input_block == b) UM_RETURN_IF_ERROR(ForkMemoryLayer(j, T, &pending));
     }
 
     UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, act_.get(), T, bw.w_down.get(), D, F, x_.get(), true));
 
-    for (int j = 0; j < J; ++j) {
+    for (int j = 0; j < J && status.ok(); ++j) {
       DeviceMemoryLayer& d = mem_layers_[j];
       if (d.output_block != b) continue;
+      status = JoinMemoryLayer(j, T, &pending);
+      if (!status.ok()) break;
       const MemoryConfig& mc = *cfg_.memory;
-      const int y_width = mc.value_expand * mc.value_dim;
-      if (device_pool_) {
-        CUDA_CHECK(cudaStreamWaitEvent(main_, d.join, 0));
-      } else {
-        absl::Status st = pending[j]->Wait();
-        pending[j].reset();
-        if (!st.ok()) {
-          status = st;
-          break;
-        }
-        CUDA_CHECK(cudaMemcpyAsync(d.y_f32.get(), d.host_y.get(), sizeof(float) * T * y_width,
-                                   cudaMemcpyHostToDevice, main_));
-        LaunchToBf16(d.y_f32.get(), static_cast<int64_t>(T) * y_width, d.y.get(), main_);
-        CUDA_CHECK(cudaGetLastError());
-      }
-      UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, d.y.get(), T, d.values_proj.get(), D, y_width, x_.get(), true));
+      UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, d.y.get(), T, d.values_proj.get(), D,
+                                    mc.value_expand * mc.value_dim, x_.get(), true));
     }
   }
   for (auto& p : pending) {
     if (p) p->Wait().IgnoreError();
   }
   UM_RETURN_IF_ERROR(status);
+  return EnqueueLogits(R);
+}
+
+absl::Status CudaEngine::ForkMemoryLayer(int j, int T,
+                                         std::vector<std::unique_ptr<PendingPool>>* pending) {
+  DeviceMemoryLayer& d = mem_layers_[j];
+  if (device_pool_) {
+    CUDA_CHECK(cudaEventRecord(d.fork, main_));
+    CUDA_CHECK(cudaStreamWaitEvent(mem_, d.fork, 0));
+    UM_RETURN_IF_ERROR(EnqueueMemoryQuery(j, T, mem_, blas_mem_));
+    CUDA_CHECK(cudaEventRecord(d.join, mem_));
+    return absl::OkStatus();
+  }
+  // Host pooling: selections to pinned memory, then the RowPooler keeps the lookup in flight
+  // while the next blocks run.
+  const MemoryConfig& mc = *cfg_.memory;
+  const int K = mc.SelectionsPerToken();
+  UM_RETURN_IF_ERROR(EnqueueMemoryQuery(j, T, main_, blas_main_));
+  CUDA_CHECK(cudaMemcpyAsync(d.host_rows.get(), d.rows.get(), sizeof(int64_t) * T * K,
+                             cudaMemcpyDeviceToHost, main_));
+  CUDA_CHECK(cudaMemcpyAsync(d.host_groups.get(), d.groups.get(), sizeof(int32_t) * T * K,
+                             cudaMemcpyDeviceToHost, main_));
+  CUDA_CHECK(cudaMemcpyAsync(d.host_scores.get(), d.sel_scores.get(),
+                             sizeof(float) * T * K * mc.tucker_cores, cudaMemcpyDeviceToHost, main_));
+  CUDA_CHECK(cudaStreamSynchronize(main_));
+  PoolRequest req;
+  req.layer = j;
+  req.num_tokens = T;
+  req.selections = K;
+  req.rows = d.host_rows.get();
+  req.groups = d.host_groups.get();
+  req.scores = d.host_scores.get();
+  req.out = d.host_y.get();
+  (*pending)[j] = pooler_->Start(req);
+  return absl::OkStatus();
+}
+
+absl::Status CudaEngine::JoinMemoryLayer(int j, int T,
+                                         std::vector<std::unique_ptr<PendingPool>>* pending) {
+  DeviceMemoryLayer& d = mem_layers_[j];
+  if (device_pool_) {
+    CUDA_CHECK(cudaStreamWaitEvent(main_, d.join, 0));
+    return absl::OkStatus();
+  }
+  const MemoryConfig& mc = *cfg_.memory;
+  const int y_width = mc.value_expand * mc.value_dim;
+  absl::Status st = (*pending)[j]->Wait();
+  (*pending)[j].reset();
+  UM_RETURN_IF_ERROR(st);
+  CUDA_CHECK(cudaMemcpyAsync(d.y_f32.get(), d.host_y.get(), sizeof(float) * T * y_width,
+                             cudaMemcpyHostToDevice, main_));
+  LaunchToBf16(d.y_f32.get(), static_cast<int64_t>(T) * y_width, d.y.get(), main_);
+  CUDA_CHECK(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+absl::Status CudaEngine::EnqueueLogits(int R) {
+  const int D = cfg_.hidden_size;
   const bf16* head = lm_head_.size() > 0 ? lm_head_.get() : embed_.get();
   if (R <= kMaxGemvTokens && D % 8 == 0) {
     GemvArgs lm;
@@ -581,14 +626,119 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
   return absl::OkStatus();
 }
 
+
+absl::Status CudaEngine::BuildDecodePhases() {
+  host_phases_.clear();
+  cuts_.clear();
+  const int D = cfg_.hidden_size, F = cfg_.intermediate_size;
+  const int nh = cfg_.num_attention_heads, nkv = cfg_.num_key_value_heads, hd = cfg_.head_dim;
+  const int J = cfg_.NumMemoryLayers();
+  auto add = [&](DecodePhaseKind kind, const bf16* w, int out_dim, int in_dim) -> DecodePhase& {
+    DecodePhase ph;
+    ph.kind = kind;
+    ph.w = w;
+    ph.out_dim = out_dim;
+    ph.in_dim = in_dim;
+    host_phases_.push_back(ph);
+    return host_phases_.back();
+  };
+  for (int b = 0; b < cfg_.num_layers; ++b) {
+    DeviceBlock& bw = blocks_[b];
+    add(DecodePhaseKind::kQkv, bw.wqkv.get(), (nh + 2 * nkv) * hd, D).norm_weight = bw.attn_norm.get();
+    add(DecodePhaseKind::kAttention, nullptr, 0, 0).layer = b;
+    add(DecodePhaseKind::kWo, bw.wo.get(), D, nh * hd).x = attn_.get();
+    DecodePhase& gu = add(DecodePhaseKind::kGateUp, bw.w_gate_up.get(), F, D);
+    gu.norm_weight = bw.ffn_norm.get();
+    for (int j = 0; j < J; ++j) {
+      if (mem_layers_[j].input_block != b) continue;
+      if (gu.normed_out == nullptr) gu.normed_out = mem_layers_[j].u.get();
+      cuts_.push_back({static_cast<int>(host_phases_.size()), true, j});
+    }
+    add(DecodePhaseKind::kDown, bw.w_down.get(), D, F).x = act_.get();
+    const int first_vp = static_cast<int>(host_phases_.size());
+    for (int j = 0; j < J; ++j) {
+      if (mem_layers_[j].output_block != b) continue;
+      const MemoryConfig& mc = *cfg_.memory;
+      cuts_.push_back({first_vp, false, j});
+      add(DecodePhaseKind::kValuesProj, mem_layers_[j].values_proj.get(), D,
+          mc.value_expand * mc.value_dim).x = mem_layers_[j].y.get();
+    }
+  }
+  max_in_dim_ = 0;
+  for (const DecodePhase& ph : host_phases_) max_in_dim_ = std::max(max_in_dim_, ph.in_dim);
+  UM_RETURN_IF_ERROR(phases_.Upload(host_phases_.data(), host_phases_.size()));
+  if (grid_barrier_.size() == 0) {
+    UM_RETURN_IF_ERROR(grid_barrier_.Reserve(1));
+    CUDA_CHECK(cudaMemset(grid_barrier_.get(), 0, sizeof(unsigned long long)));
+  }
+  return absl::OkStatus();
+}
+
+bool CudaEngine::UseDecodeKernel(int T, bool decode) const {
+  if (!decode || T > kMaxDecodeKernelTokens || host_phases_.empty()) return false;
+  const char* env = std::getenv("UM_CUDA_DECODE_KERNEL");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  return DecodeKernelSupports(T, cfg_.head_dim, cfg_.num_attention_heads / cfg_.num_key_value_heads,
+                              host_phases_.data(), static_cast<int>(host_phases_.size()));
+}
+
+absl::Status CudaEngine::EnqueueDecodeKernel(int T, int R) {
+  ScopedPdl pdl(true);  // the side stream's kernels and the lm_head GEMV
+  const int J = cfg_.NumMemoryLayers();
+  LaunchEmbed(embed_.get(), ids_.get(), T, cfg_.hidden_size, x_.get(), main_);
+  DecodeKernelArgs a;
+  a.phases = phases_.get();
+  a.tokens = T;
+  a.hidden = cfg_.hidden_size;
+  a.eps = cfg_.rms_norm_eps;
+  a.x = x_.get();
+  a.qkv = qkv_.get();
+  a.act = act_.get();
+  a.kv = kv_.get();
+  a.rope = rope_.get();
+  a.num_heads = cfg_.num_attention_heads;
+  a.num_kv_heads = cfg_.num_key_value_heads;
+  a.head_dim = cfg_.head_dim;
+  a.splits = AttentionSplits(T, cfg_.num_key_value_heads, sm_count_, cfg_.max_position_embeddings);
+  a.scratch = attn_scratch_.get();
+  a.counters = attn_counters_.get();
+  a.attn = attn_.get();
+  a.barrier = grid_barrier_.get();
+  std::vector<std::unique_ptr<PendingPool>> pending(J);
+  absl::Status status;
+  int begin = 0;
+  auto run_to = [&](int end) {
+    if (end <= begin) return;
+    a.begin = begin;
+    a.end = end;
+    LaunchDecodeKernel(a, max_in_dim_, main_);
+    begin = end;
+  };
+  for (const Cut& cut : cuts_) {
+    run_to(cut.at);
+    status = cut.fork ? ForkMemoryLayer(cut.layer, T, &pending) : JoinMemoryLayer(cut.layer, T, &pending);
+    if (!status.ok()) break;
+  }
+  if (status.ok()) run_to(static_cast<int>(host_phases_.size()));
+  for (auto& p : pending) {
+    if (p) p->Wait().IgnoreError();
+  }
+  UM_RETURN_IF_ERROR(status);
+  CUDA_CHECK(cudaGetLastError());
+  return EnqueueLogits(R);
+}
+
 // Runs the step whose inputs are on the device: from a graph (captured on first use for this
 // batch size) when `graph`, else eagerly.
 absl::Status CudaEngine::EnqueueStep(int T, int R, bool decode, bool graph) {
-  if (!graph) return Enqueue(T, R, decode);
-  auto it = graphs_.find(T);
+  const bool kernel = UseDecodeKernel(T, decode);
+  auto enqueue = [&] { return kernel ? EnqueueDecodeKernel(T, R) : Enqueue(T, R, decode); };
+  if (!graph) return enqueue();
+  const int key = 2 * T + (kernel ? 1 : 0);
+  auto it = graphs_.find(key);
   if (it == graphs_.end()) {
     CUDA_CHECK(cudaStreamBeginCapture(main_, cudaStreamCaptureModeThreadLocal));
-    absl::Status captured = Enqueue(T, R, decode);
+    absl::Status captured = enqueue();
     cudaGraph_t g = nullptr;
     const cudaError_t end = cudaStreamEndCapture(main_, &g);
     if (!captured.ok()) {
@@ -600,7 +750,7 @@ absl::Status CudaEngine::EnqueueStep(int T, int R, bool decode, bool graph) {
     const cudaError_t inst = cudaGraphInstantiate(&entry.exec, g, 0);
     cudaGraphDestroy(g);
     CUDA_CHECK(inst);
-    it = graphs_.emplace(T, entry).first;
+    it = graphs_.emplace(key, entry).first;
   }
   CUDA_CHECK(cudaGraphLaunch(it->second.exec, main_));
   return absl::OkStatus();

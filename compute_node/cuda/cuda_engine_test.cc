@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -212,6 +213,38 @@ TEST_F(CudaDenseEngineTest, LogitsMatchCpu) {
   const Errors e = CompareLogits(got, want, 512);
   std::printf("dense model: logit row rel err mean %.3g worst %.3g\n", e.mean, e.worst);
   EXPECT_LE(e.worst, 1e-2);
+}
+
+// The persistent decode kernel (decode steps of at most 8 tokens) against the per-op kernels on
+// the same engine: the same products in another summation order, so only rounding differs.
+TEST_F(CudaDenseEngineTest, DecodeKernelMatchesPerOpKernels) {
+  for (int batch : {1, 2, 3, 8}) {
+    const uint64_t seed = std::random_device{}();
+    setenv("UM_CUDA_DECODE_KERNEL", "0", 1);
+    Trace off = RunTrace(gpu_->engine.get(), batch, 20, 6, seed);
+    unsetenv("UM_CUDA_DECODE_KERNEL");
+    Trace on = RunTrace(gpu_->engine.get(), batch, 20, 6, seed);
+    const Errors e = CompareLogits(on, off, 512);
+    std::printf("decode kernel vs per-op kernels, batch %d: logit row rel err mean %.3g worst %.3g\n",
+                batch, e.mean, e.worst);
+    EXPECT_LE(e.worst, 5e-3) << "batch " << batch;
+  }
+}
+
+TEST_F(CudaEngineTest, DecodeKernelMatchesPerOpKernelsWithMemoryLayers) {
+  const uint64_t seed = std::random_device{}();
+  setenv("UM_CUDA_DECODE_KERNEL", "0", 1);
+  Trace off = RunTrace(gpu_->engine.get(), 4, 12, 10, seed);
+  unsetenv("UM_CUDA_DECODE_KERNEL");
+  Trace on = RunTrace(gpu_->engine.get(), 4, 12, 10, seed);
+  const Errors e = CompareLogits(on, off, 512);
+  const double agree = SelectionAgreement(on.selections, off.selections, 16);
+  std::printf("decode kernel vs per-op kernels, memory model: mean %.3g worst %.3g, selections %.4f\n",
+              e.mean, e.worst, agree);
+  // Summation order alone flips near-tied selections, which then move later layers (a broken
+  // path agrees on ~0%).
+  EXPECT_LE(e.mean, 2e-2);
+  EXPECT_GE(agree, 0.7);
 }
 
 TEST_F(CudaEngineTest, GraphReplayEqualsEagerAndHostPooling) {

@@ -1,0 +1,388 @@
+// Implementation of decode_kernel.cuh.
+//
+// Block layout: 8 consumer warps (2 attention groups of 128 threads) and 1 producer warp. Shared
+// memory: the slots' full/empty mbarriers, kSlots weight slots of kSlotBytes, then a work area
+// holding either the phase's input rows as bf16 (normalized x, or the attention/SwiGLU/memory
+// output) or the attention groups' AttentionItemSmem.
+//
+// Memory ordering: everything a phase reads that another block wrote in the same launch (x, qkv,
+// the attention output, act) is read with ld.global.cg (L2; L1 is not coherent across SMs), after
+// a grid barrier whose arrival is a release and whose wait is an acquire at GPU scope, each
+// bracketed by the consumers' named barrier and a fence, as cooperative groups' grid sync is.
+#include "compute_node/cuda/decode_kernel.cuh"
+
+#include <algorithm>
+
+#include "compute_node/cuda/attention_item.cuh"
+#include "compute_node/cuda/launch.cuh"
+
+namespace ultramem::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kConsumerWarps = 8;
+constexpr int kConsumerThreads = kConsumerWarps * 32;
+constexpr int kThreads = kConsumerThreads + 32;  // + the producer warp
+constexpr int kGroups = kConsumerThreads / kFastThreads;
+constexpr int kSlots = 6;
+constexpr int kSlotBytes = 24 * 1024;
+constexpr int kHeaderBytes = 128;  // 2 · kSlots mbarriers, padded
+
+// The attention shapes compiled into the kernel (head_dim, group).
+constexpr int kShapes[][2] = {{32, 4}, {64, 1}, {64, 4}};  // head_dim 128 spills at 120 registers
+
+// Per-group attention scratch, padded so that every group's float4 reads stay aligned.
+template <int kHD, int kG>
+constexpr size_t kGroupStride = (sizeof(AttentionItemSmem<kHD, kG>) + 127) / 128 * 128;
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void MbarInit(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(SmemAddr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void MbarExpectTx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(SmemAddr(bar)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void MbarArrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(SmemAddr(bar)) : "memory");
+}
+__device__ __forceinline__ void MbarWait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "WAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n"
+      "}\n" ::"r"(SmemAddr(bar)),
+      "r"(parity)
+      : "memory");
+}
+// Bulk copy global -> this block's shared memory, completing `bytes` on `bar`.
+__device__ __forceinline__ void BulkLoad(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+          SmemAddr(dst)),
+      "l"(src), "r"(bytes), "r"(SmemAddr(bar))
+      : "memory");
+}
+
+__device__ __forceinline__ void ConsumerSync() {
+  asm volatile("bar.sync 1, %0;" ::"n"(kConsumerThreads) : "memory");
+}
+struct GroupSync {
+  int id;
+  __device__ void operator()() const { asm volatile("bar.sync %0, 128;" ::"r"(id) : "memory"); }
+};
+struct NoWait {
+  __device__ void operator()() const {}
+};
+
+__device__ __forceinline__ void GridSync(unsigned long long* bar) {
+  ConsumerSync();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    unsigned long long old;
+    asm volatile("atom.add.release.gpu.u64 %0, [%1], 1;" : "=l"(old) : "l"(bar) : "memory");
+    const unsigned long long target = (old / gridDim.x + 1) * gridDim.x;
+    unsigned long long now;
+    do {
+      asm volatile("ld.acquire.gpu.u64 %0, [%1];" : "=l"(now) : "l"(bar) : "memory");
+    } while (now < target);
+    __threadfence();
+  }
+  ConsumerSync();
+}
+
+__device__ __forceinline__ float Dot8(const uint4& a, const uint4& b) {
+  const __nv_bfloat162* pa = reinterpret_cast<const __nv_bfloat162*>(&a);
+  const __nv_bfloat162* pb = reinterpret_cast<const __nv_bfloat162*>(&b);
+  float s = 0.0f;
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const float2 fa = __bfloat1622float2(pa[u]);
+    const float2 fb = __bfloat1622float2(pb[u]);
+    s = fmaf(fa.x, fb.x, s);
+    s = fmaf(fa.y, fb.y, s);
+  }
+  return s;
+}
+
+__device__ __forceinline__ bool IsGemv(DecodePhaseKind k) { return k != DecodePhaseKind::kAttention; }
+
+// This block's units (rows; gate/up: row pairs) of a GEMV phase and how many fit one slot.
+struct Share {
+  int u0, u1, per_slot, rows_per_unit;
+};
+__device__ __forceinline__ Share ShareOf(const DecodePhase& ph) {
+  Share s;
+  s.rows_per_unit = ph.kind == DecodePhaseKind::kGateUp ? 2 : 1;
+  s.u0 = static_cast<int>(static_cast<long long>(blockIdx.x) * ph.out_dim / gridDim.x);
+  s.u1 = static_cast<int>(static_cast<long long>(blockIdx.x + 1) * ph.out_dim / gridDim.x);
+  s.per_slot = kSlotBytes / (s.rows_per_unit * ph.in_dim * 2);
+  return s;
+}
+
+// The producer (one thread): every GEMV chunk of this block, in the consumers' order.
+__device__ void Produce(const DecodeKernelArgs& a, unsigned char* stage, uint64_t* full, uint64_t* empty) {
+  int slot = 0;
+  uint32_t round = 0;
+  for (int p = a.begin; p < a.end; ++p) {
+    const DecodePhase ph = a.phases[p];
+    if (!IsGemv(ph.kind)) continue;
+    const Share s = ShareOf(ph);
+    const size_t row_bytes = static_cast<size_t>(ph.in_dim) * 2;
+    for (int u = s.u0; u < s.u1; u += s.per_slot) {
+      const int n = min(s.per_slot, s.u1 - u);
+      MbarWait(empty + slot, (round & 1) ^ 1);
+      const uint32_t bytes = static_cast<uint32_t>(n * row_bytes);
+      MbarExpectTx(full + slot, bytes * s.rows_per_unit);
+      unsigned char* dst = stage + static_cast<size_t>(slot) * kSlotBytes;
+      BulkLoad(dst, ph.w + static_cast<size_t>(u) * ph.in_dim, bytes, full + slot);
+      if (s.rows_per_unit == 2) {
+        BulkLoad(dst + bytes, ph.w + static_cast<size_t>(ph.out_dim + u) * ph.in_dim, bytes, full + slot);
+      }
+      if (++slot == kSlots) {
+        slot = 0;
+        ++round;
+      }
+    }
+  }
+}
+
+// The phase's input rows into xs [T][in_dim] bf16: the RMSNorm of x (qkv, gate/up; also written
+// to normed_out by block 0), else a copy of ph.x.
+template <int kT>
+__device__ void StageInput(const DecodeKernelArgs& a, const DecodePhase& ph, bf16* xs,
+                           float (*red)[kT], float* scale) {
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int K = ph.in_dim;
+  if (ph.norm_weight == nullptr) {
+    const int chunks = K / 8;
+    for (int e = tid; e < a.tokens * chunks; e += kConsumerThreads) {
+      const int t = e / chunks, c = e % chunks;
+      reinterpret_cast<uint4*>(xs + t * K)[c] =
+          __ldcg(reinterpret_cast<const uint4*>(ph.x + static_cast<size_t>(t) * K) + c);
+    }
+    return;
+  }
+  float ss[kT];
+#pragma unroll
+  for (int t = 0; t < kT; ++t) {
+    ss[t] = 0.0f;
+    if (t < a.tokens) {
+      const float4* row = reinterpret_cast<const float4*>(a.x + static_cast<size_t>(t) * a.hidden);
+      for (int c = tid; c < K / 4; c += kConsumerThreads) {
+        const float4 v = __ldcg(row + c);
+        ss[t] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss[t] += __shfl_xor_sync(0xffffffffu, ss[t], o);
+    if (lane == 0) red[warp][t] = ss[t];
+  }
+  ConsumerSync();
+  if (tid < kT) {
+    float total = 0.0f;
+    for (int w = 0; w < kConsumerWarps; ++w) total += red[w][tid];
+    scale[tid] = rsqrtf(total / static_cast<float>(K) + a.eps);
+  }
+  ConsumerSync();
+  for (int t = 0; t < a.tokens; ++t) {
+    const float* row = a.x + static_cast<size_t>(t) * a.hidden;
+    const float sc = scale[t];
+    for (int c = tid; c < K; c += kConsumerThreads) {
+      const bf16 v = __float2bfloat16(__ldcg(row + c) * sc * ph.norm_weight[c]);
+      xs[t * K + c] = v;
+      if (ph.normed_out != nullptr && blockIdx.x == 0) ph.normed_out[static_cast<size_t>(t) * K + c] = v;
+    }
+  }
+}
+
+// The rows of one slot: warp w takes rows w, w + 8, ...; lanes split the row in 8-element pieces.
+template <int kT>
+__device__ void ComputeSlot(const DecodeKernelArgs& a, const DecodePhase& ph, const bf16* xs,
+                            const bf16* w, int u, int n) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int K = ph.in_dim, chunks = K / 8;
+  const bool pair = ph.kind == DecodePhaseKind::kGateUp;
+  for (int r = warp; r < n; r += kConsumerWarps) {
+    const uint4* wa = reinterpret_cast<const uint4*>(w + static_cast<size_t>(r) * K);
+    const uint4* wb = reinterpret_cast<const uint4*>(w + static_cast<size_t>(n + r) * K);
+    float acc[2][kT];
+#pragma unroll
+    for (int t = 0; t < kT; ++t) acc[0][t] = acc[1][t] = 0.0f;
+    for (int c = lane; c < chunks; c += 32) {
+      const uint4 va = wa[c];
+      const uint4 vb = pair ? wb[c] : va;
+#pragma unroll
+      for (int t = 0; t < kT; ++t) {
+        if (t < a.tokens) {
+          const uint4 xv = reinterpret_cast<const uint4*>(xs + t * K)[c];
+          acc[0][t] += Dot8(va, xv);
+          if (pair) acc[1][t] += Dot8(vb, xv);
+        }
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kT; ++t) {
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        acc[0][t] += __shfl_xor_sync(0xffffffffu, acc[0][t], o);
+        if (pair) acc[1][t] += __shfl_xor_sync(0xffffffffu, acc[1][t], o);
+      }
+    }
+    if (lane != 0) continue;
+    const int row = u + r;
+#pragma unroll
+    for (int t = 0; t < kT; ++t) {
+      if (t >= a.tokens) break;
+      switch (ph.kind) {
+        case DecodePhaseKind::kQkv:
+          a.qkv[static_cast<size_t>(t) * ph.out_dim + row] = acc[0][t];
+          break;
+        case DecodePhaseKind::kGateUp: {
+          const float g = acc[0][t], up = acc[1][t];
+          a.act[static_cast<size_t>(t) * ph.out_dim + row] = __float2bfloat16(g / (1.0f + __expf(-g)) * up);
+          break;
+        }
+        default: {
+          float* dst = a.x + static_cast<size_t>(t) * a.hidden + row;
+          *dst = __ldcg(dst) + acc[0][t];
+        }
+      }
+    }
+  }
+}
+
+template <int kHD, int kG>
+__device__ void AttentionPhase(const DecodeKernelArgs& a, int layer, unsigned char* work) {
+  const int group = threadIdx.x / kFastThreads, gtid = threadIdx.x % kFastThreads;
+  auto* sm = reinterpret_cast<AttentionItemSmem<kHD, kG>*>(work + group * kGroupStride<kHD, kG>);
+  const AttentionItemArgs args{a.qkv,          a.kv,       a.rope,     a.num_heads, a.num_kv_heads,
+                               layer,          a.splits,   a.scratch,  a.counters,  a.attn};
+  const int per_token = a.num_kv_heads * a.splits;
+  const int items = a.tokens * per_token;
+  for (int i = blockIdx.x + gridDim.x * group; i < items; i += gridDim.x * kGroups) {
+    const int t = i / per_token, rem = i % per_token;
+    AttentionItem<kHD, kG>(*sm, args, t, rem / a.splits, rem % a.splits, gtid, GroupSync{2 + group},
+                           NoWait{});
+  }
+}
+
+__device__ void Attention(const DecodeKernelArgs& a, int layer, unsigned char* work) {
+  const int g = a.num_heads / a.num_kv_heads;
+  if (a.head_dim == 32 && g == 4) return AttentionPhase<32, 4>(a, layer, work);
+  if (a.head_dim == 64 && g == 1) return AttentionPhase<64, 1>(a, layer, work);
+  if (a.head_dim == 64 && g == 4) return AttentionPhase<64, 4>(a, layer, work);
+}
+
+template <int kT>
+__global__ void __launch_bounds__(kThreads, 1) DecodeKernel(DecodeKernelArgs a) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem);
+  uint64_t* empty = full + kSlots;
+  unsigned char* stage = smem + kHeaderBytes;
+  unsigned char* work = stage + kSlots * kSlotBytes;
+  __shared__ float red[kConsumerWarps][kT];
+  __shared__ float scale[kT];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kSlots; ++s) {
+      MbarInit(full + s, 1);
+      MbarInit(empty + s, kConsumerWarps);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();  // the last block-wide barrier: the producer warp leaves the consumers here
+  if (warp == kConsumerWarps) {
+    if (lane == 0) Produce(a, stage, full, empty);
+    return;
+  }
+  bf16* xs = reinterpret_cast<bf16*>(work);
+  int slot = 0;
+  uint32_t round = 0;
+  for (int p = a.begin; p < a.end; ++p) {
+    const DecodePhase ph = a.phases[p];
+    if (p > a.begin) GridSync(a.barrier);
+    if (!IsGemv(ph.kind)) {
+      Attention(a, ph.layer, work);
+      continue;
+    }
+    StageInput<kT>(a, ph, xs, red, scale);
+    ConsumerSync();
+    const Share s = ShareOf(ph);
+    for (int u = s.u0; u < s.u1; u += s.per_slot) {
+      const int n = min(s.per_slot, s.u1 - u);
+      MbarWait(full + slot, round & 1);
+      ComputeSlot<kT>(a, ph, xs, reinterpret_cast<const bf16*>(stage + static_cast<size_t>(slot) * kSlotBytes), u, n);
+      __syncwarp();
+      if (lane == 0) MbarArrive(empty + slot);
+      if (++slot == kSlots) {
+        slot = 0;
+        ++round;
+      }
+    }
+  }
+}
+
+size_t AttentionWorkBytes(int head_dim, int group) {
+  size_t per = 0;
+  if (head_dim == 32 && group == 4) per = kGroupStride<32, 4>;
+  if (head_dim == 64 && group == 1) per = kGroupStride<64, 1>;
+  if (head_dim == 64 && group == 4) per = kGroupStride<64, 4>;
+  return per * kGroups;
+}
+
+size_t SmemBytes(int tokens, int head_dim, int group, int max_in_dim) {
+  const int t = tokens <= 1 ? 1 : tokens <= 2 ? 2 : tokens <= 4 ? 4 : 8;
+  const size_t xs = static_cast<size_t>(t) * max_in_dim * 2;
+  return kHeaderBytes + static_cast<size_t>(kSlots) * kSlotBytes +
+         std::max(xs, AttentionWorkBytes(head_dim, group));
+}
+
+template <int kT>
+void Launch(const DecodeKernelArgs& a, size_t smem, cudaStream_t stream) {
+  static bool configured = false;  // the attribute once per instantiation (the limit is per device)
+  if (!configured) {
+    cudaFuncSetAttribute(DecodeKernel<kT>, cudaFuncAttributeMaxDynamicSharedMemorySize, 220 * 1024);
+    configured = true;
+  }
+  DecodeKernel<kT><<<SmCount(), kThreads, smem, stream>>>(a);
+}
+
+}  // namespace
+
+bool DecodeKernelSupports(int tokens, int head_dim, int group, const DecodePhase* phases, int count) {
+  if (tokens < 1 || tokens > kMaxDecodeKernelTokens) return false;
+  bool shape = false;
+  for (const auto& s : kShapes) shape = shape || (s[0] == head_dim && s[1] == group);
+  if (!shape) return false;
+  int max_in = 0;
+  for (int i = 0; i < count; ++i) {
+    const DecodePhase& ph = phases[i];
+    if (ph.kind == DecodePhaseKind::kAttention) continue;
+    const int rows = ph.kind == DecodePhaseKind::kGateUp ? 2 : 1;
+    if (ph.in_dim % 8 != 0 || rows * ph.in_dim * 2 > kSlotBytes) return false;
+    max_in = std::max(max_in, ph.in_dim);
+  }
+  int device = 0, optin = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+    return false;
+  }
+  // Static shared memory (red, scale) and a margin for the side stream's kernels.
+  return SmemBytes(tokens, head_dim, group, max_in) + 1024 <= std::min<size_t>(optin, 220 * 1024);
+}
+
+void LaunchDecodeKernel(const DecodeKernelArgs& a, int max_in_dim, cudaStream_t stream) {
+  const size_t smem = SmemBytes(a.tokens, a.head_dim, a.num_heads / a.num_kv_heads, max_in_dim);
+  if (a.tokens <= 1) return Launch<1>(a, smem, stream);
+  if (a.tokens <= 2) return Launch<2>(a, smem, stream);
+  if (a.tokens <= 4) return Launch<4>(a, smem, stream);
+  Launch<8>(a, smem, stream);
+}
+
+}  // namespace ultramem::cuda
