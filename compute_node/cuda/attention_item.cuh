@@ -288,13 +288,14 @@ __device__ __forceinline__ void AttentionItem(AttentionItemSmem<kHD, kG>& sm, co
     const int g = e / kHD, d = e % kHD;
     const float* parts = scratch + (static_cast<int64_t>(t) * num_heads + head0 + g) * splits * (kHD + 2);
     float m = -INFINITY;
+#pragma unroll 8
     for (int s = 0; s < splits; ++s) m = fmaxf(m, __ldcg(parts + s * (kHD + 2) + kHD));
     float l = 0.0f, a = 0.0f;
+#pragma unroll 8
     for (int s = 0; s < splits; ++s) {
       const float* ps = parts + s * (kHD + 2);
       const float ms = __ldcg(ps + kHD);
-      if (ms == -INFINITY) continue;  // an empty split
-      const float w = __expf(ms - m);
+      const float w = __expf(ms - m);  // 0 for an empty split (m = -inf, its sums 0)
       l += __ldcg(ps + kHD + 1) * w;
       a += __ldcg(ps + d) * w;
     }

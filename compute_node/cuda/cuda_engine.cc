@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <vector>
@@ -193,6 +194,7 @@ class CudaEngine : public Engine {
   // The decode kernel's phase list and cut points for the current buffers (EnsureCapacity).
   absl::Status BuildDecodePhases();
   bool UseDecodeKernel(int tokens, bool decode) const;
+  void PrintDecodeTrace();
   void ClearGraphs();
 
   std::shared_ptr<const ModelWeights> w_;
@@ -233,8 +235,10 @@ class CudaEngine : public Engine {
   std::vector<DecodePhase> host_phases_;
   std::vector<Cut> cuts_;
   int max_in_dim_ = 0;
+  int decode_grid_ = 0;
   DeviceBuffer<DecodePhase> phases_;
   DeviceBuffer<unsigned long long> grid_barrier_;
+  DeviceBuffer<long long> decode_trace_;  // UM_CUDA_DECODE_TRACE=1: block 0's phase timestamps
 
   std::map<int, Graph> graphs_;  // decode steps by batch size (· 2, + 1 on the decode kernel)
   int last_tokens_ = 0, last_rows_ = 0;
@@ -667,6 +671,18 @@ absl::Status CudaEngine::BuildDecodePhases() {
   max_in_dim_ = 0;
   for (const DecodePhase& ph : host_phases_) max_in_dim_ = std::max(max_in_dim_, ph.in_dim);
   UM_RETURN_IF_ERROR(phases_.Upload(host_phases_.data(), host_phases_.size()));
+  // With memory layers on the device, a few SMs stay out of the decode kernel for the side
+  // stream (UM_CUDA_DECODE_KERNEL_FREE_SMS, default 8): the kernel takes every register of its SMs.
+  int free_sms = 0;
+  if (J > 0 && device_pool_) {
+    const char* env = std::getenv("UM_CUDA_DECODE_KERNEL_FREE_SMS");
+    free_sms = env != nullptr ? std::atoi(env) : 8;
+  }
+  decode_grid_ = std::max(1, sm_count_ - std::max(0, free_sms));
+  const char* trace = std::getenv("UM_CUDA_DECODE_TRACE");
+  if (trace != nullptr && std::strcmp(trace, "1") == 0) {
+    UM_RETURN_IF_ERROR(decode_trace_.Reserve(4 * host_phases_.size()));
+  }
   if (grid_barrier_.size() == 0) {
     UM_RETURN_IF_ERROR(grid_barrier_.Reserve(1));
     CUDA_CHECK(cudaMemset(grid_barrier_.get(), 0, sizeof(unsigned long long)));
@@ -704,6 +720,8 @@ absl::Status CudaEngine::EnqueueDecodeKernel(int T, int R) {
   a.counters = attn_counters_.get();
   a.attn = attn_.get();
   a.barrier = grid_barrier_.get();
+  a.grid = decode_grid_;
+  a.trace = decode_trace_.size() > 0 ? decode_trace_.get() : nullptr;
   std::vector<std::unique_ptr<PendingPool>> pending(J);
   absl::Status status;
   int begin = 0;
@@ -846,7 +864,35 @@ absl::StatusOr<double> CudaEngine::ReplayLastStep(int iterations, bool graph) {
   CUDA_CHECK(cudaEventSynchronize(stop_));
   float ms = 0.0f;
   CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+  if (decode_trace_.size() > 0 && UseDecodeKernel(last_tokens_, last_decode_)) PrintDecodeTrace();
   return 1000.0 * ms / iterations;
+}
+
+// Block 0's view of the last step's decode-kernel phases (UM_CUDA_DECODE_TRACE=1), by kind:
+// waiting at the grid barrier, staging the input, the rest (weights, products, outputs).
+void CudaEngine::PrintDecodeTrace() {
+  std::vector<long long> t(decode_trace_.size());
+  if (cudaMemcpy(t.data(), decode_trace_.get(), t.size() * sizeof(long long), cudaMemcpyDeviceToHost) != cudaSuccess) return;
+  static const char* kNames[] = {"qkv", "attention", "wo", "gate_up", "down", "values_proj"};
+  double sum[6][3] = {}, count[6] = {};
+  for (size_t p = 0; p < host_phases_.size(); ++p) {
+    const long long* q = &t[4 * p];
+    const int k = static_cast<int>(host_phases_[p].kind);
+    const long long staged = q[2] != 0 ? q[2] : q[1];
+    sum[k][0] += (q[1] - q[0]) * 1e-3;
+    sum[k][1] += (staged - q[1]) * 1e-3;
+    sum[k][2] += (q[3] - staged) * 1e-3;
+    count[k] += 1;
+  }
+  const long long span = t[4 * (host_phases_.size() - 1) + 3] - t[0];
+  std::fprintf(stderr, "decode kernel trace (block 0, tokens %d, grid %d): first phase to last %.1f us\n",
+               last_tokens_, decode_grid_, span * 1e-3);
+  std::fprintf(stderr, "  %-12s %6s %10s %10s %10s   (us per phase)\n", "phase", "count", "barrier", "stage", "rest");
+  for (int k = 0; k < 6; ++k) {
+    if (count[k] == 0) continue;
+    std::fprintf(stderr, "  %-12s %6.0f %10.2f %10.2f %10.2f\n", kNames[k], count[k], sum[k][0] / count[k],
+                 sum[k][1] / count[k], sum[k][2] / count[k]);
+  }
 }
 
 }  // namespace cuda

@@ -8,7 +8,9 @@
 // Memory ordering: everything a phase reads that another block wrote in the same launch (x, qkv,
 // the attention output, act) is read with ld.global.cg (L2; L1 is not coherent across SMs), after
 // a grid barrier whose arrival is a release and whose wait is an acquire at GPU scope, each
-// bracketed by the consumers' named barrier and a fence, as cooperative groups' grid sync is.
+// bracketed by the consumers' named barrier (as CUTLASS's GenericBarrier). Loads after a barrier
+// are issued in batches before their results are used: every dependent L2 round trip costs about
+// as much as a phase's share of the weights.
 #include "compute_node/cuda/decode_kernel.cuh"
 
 #include <algorithm>
@@ -83,7 +85,6 @@ struct NoWait {
 __device__ __forceinline__ void GridSync(unsigned long long* bar) {
   ConsumerSync();
   if (threadIdx.x == 0) {
-    __threadfence();
     unsigned long long old;
     asm volatile("atom.add.release.gpu.u64 %0, [%1], 1;" : "=l"(old) : "l"(bar) : "memory");
     const unsigned long long target = (old / gridDim.x + 1) * gridDim.x;
@@ -91,7 +92,6 @@ __device__ __forceinline__ void GridSync(unsigned long long* bar) {
     do {
       asm volatile("ld.acquire.gpu.u64 %0, [%1];" : "=l"(now) : "l"(bar) : "memory");
     } while (now < target);
-    __threadfence();
   }
   ConsumerSync();
 }
@@ -108,6 +108,14 @@ __device__ __forceinline__ float Dot8(const uint4& a, const uint4& b) {
     s = fmaf(fa.y, fb.y, s);
   }
   return s;
+}
+
+// Timestamps (ns) of block 0 at phase p: 0 before the barrier, 1 after it, 2 input staged, 3 done.
+__device__ __forceinline__ void Trace(const DecodeKernelArgs& a, int p, int point) {
+  if (a.trace == nullptr || blockIdx.x != 0 || threadIdx.x != 0) return;
+  unsigned long long ns;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+  a.trace[p * 4 + point] = static_cast<long long>(ns);
 }
 
 __device__ __forceinline__ bool IsGemv(DecodePhaseKind k) { return k != DecodePhaseKind::kAttention; }
@@ -153,32 +161,48 @@ __device__ void Produce(const DecodeKernelArgs& a, unsigned char* stage, uint64_
 }
 
 // The phase's input rows into xs [T][in_dim] bf16: the RMSNorm of x (qkv, gate/up; also written
-// to normed_out by block 0), else a copy of ph.x.
+// to normed_out by block 0), else a copy of ph.x. Loads go out kBatch at a time per thread.
+constexpr int kBatch = 8;
+
 template <int kT>
 __device__ void StageInput(const DecodeKernelArgs& a, const DecodePhase& ph, bf16* xs,
                            float (*red)[kT], float* scale) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int K = ph.in_dim;
   if (ph.norm_weight == nullptr) {
-    const int chunks = K / 8;
-    for (int e = tid; e < a.tokens * chunks; e += kConsumerThreads) {
-      const int t = e / chunks, c = e % chunks;
-      reinterpret_cast<uint4*>(xs + t * K)[c] =
-          __ldcg(reinterpret_cast<const uint4*>(ph.x + static_cast<size_t>(t) * K) + c);
+    const int chunks = K / 8, total = a.tokens * chunks;
+    for (int base = tid; base < total; base += kConsumerThreads * kBatch) {
+      uint4 v[kBatch];
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int e = base + i * kConsumerThreads;
+        if (e < total) {
+          v[i] = __ldcg(reinterpret_cast<const uint4*>(ph.x + static_cast<size_t>(e / chunks) * K) + e % chunks);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int e = base + i * kConsumerThreads;
+        if (e < total) reinterpret_cast<uint4*>(xs + (e / chunks) * K)[e % chunks] = v[i];
+      }
     }
     return;
   }
+  const int quads = K / 4;
   float ss[kT];
 #pragma unroll
   for (int t = 0; t < kT; ++t) {
     ss[t] = 0.0f;
     if (t < a.tokens) {
       const float4* row = reinterpret_cast<const float4*>(a.x + static_cast<size_t>(t) * a.hidden);
-      for (int c = tid; c < K / 4; c += kConsumerThreads) {
+      for (int c = tid; c < quads; c += kConsumerThreads) {
         const float4 v = __ldcg(row + c);
         ss[t] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
       }
     }
+  }
+#pragma unroll
+  for (int t = 0; t < kT; ++t) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) ss[t] += __shfl_xor_sync(0xffffffffu, ss[t], o);
     if (lane == 0) red[warp][t] = ss[t];
@@ -190,13 +214,31 @@ __device__ void StageInput(const DecodeKernelArgs& a, const DecodePhase& ph, bf1
     scale[tid] = rsqrtf(total / static_cast<float>(K) + a.eps);
   }
   ConsumerSync();
-  for (int t = 0; t < a.tokens; ++t) {
-    const float* row = a.x + static_cast<size_t>(t) * a.hidden;
-    const float sc = scale[t];
-    for (int c = tid; c < K; c += kConsumerThreads) {
-      const bf16 v = __float2bfloat16(__ldcg(row + c) * sc * ph.norm_weight[c]);
-      xs[t * K + c] = v;
-      if (ph.normed_out != nullptr && blockIdx.x == 0) ph.normed_out[static_cast<size_t>(t) * K + c] = v;
+  const int total = a.tokens * quads;
+  const bool write_u = ph.normed_out != nullptr && blockIdx.x == 0;
+  for (int base = tid; base < total; base += kConsumerThreads * kBatch) {
+    float4 v[kBatch], w[kBatch];
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) {
+      const int e = base + i * kConsumerThreads;
+      if (e < total) {
+        v[i] = __ldcg(reinterpret_cast<const float4*>(a.x + static_cast<size_t>(e / quads) * a.hidden) + e % quads);
+        w[i] = __ldg(reinterpret_cast<const float4*>(ph.norm_weight) + e % quads);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) {
+      const int e = base + i * kConsumerThreads;
+      if (e >= total) continue;
+      const int t = e / quads, c = e % quads;
+      const float sc = scale[t];
+      __nv_bfloat162 lo = __floats2bfloat162_rn(v[i].x * sc * w[i].x, v[i].y * sc * w[i].y);
+      __nv_bfloat162 hi = __floats2bfloat162_rn(v[i].z * sc * w[i].z, v[i].w * sc * w[i].w);
+      uint2 packed;
+      packed.x = *reinterpret_cast<uint32_t*>(&lo);
+      packed.y = *reinterpret_cast<uint32_t*>(&hi);
+      reinterpret_cast<uint2*>(xs + t * K)[c] = packed;
+      if (write_u) reinterpret_cast<uint2*>(ph.normed_out + static_cast<size_t>(t) * K)[c] = packed;
     }
   }
 }
@@ -234,24 +276,27 @@ __device__ void ComputeSlot(const DecodeKernelArgs& a, const DecodePhase& ph, co
         if (pair) acc[1][t] += __shfl_xor_sync(0xffffffffu, acc[1][t], o);
       }
     }
-    if (lane != 0) continue;
-    const int row = u + r;
+    // Every lane holds the sums: lane t writes token t (one round trip for all tokens).
+    float v0 = 0.0f, v1 = 0.0f;
 #pragma unroll
     for (int t = 0; t < kT; ++t) {
-      if (t >= a.tokens) break;
-      switch (ph.kind) {
-        case DecodePhaseKind::kQkv:
-          a.qkv[static_cast<size_t>(t) * ph.out_dim + row] = acc[0][t];
-          break;
-        case DecodePhaseKind::kGateUp: {
-          const float g = acc[0][t], up = acc[1][t];
-          a.act[static_cast<size_t>(t) * ph.out_dim + row] = __float2bfloat16(g / (1.0f + __expf(-g)) * up);
-          break;
-        }
-        default: {
-          float* dst = a.x + static_cast<size_t>(t) * a.hidden + row;
-          *dst = __ldcg(dst) + acc[0][t];
-        }
+      if (lane == t) {
+        v0 = acc[0][t];
+        v1 = acc[1][t];
+      }
+    }
+    if (lane >= a.tokens) continue;
+    const int row = u + r;
+    switch (ph.kind) {
+      case DecodePhaseKind::kQkv:
+        a.qkv[static_cast<size_t>(lane) * ph.out_dim + row] = v0;
+        break;
+      case DecodePhaseKind::kGateUp:
+        a.act[static_cast<size_t>(lane) * ph.out_dim + row] = __float2bfloat16(v0 / (1.0f + __expf(-v0)) * v1);
+        break;
+      default: {
+        float* dst = a.x + static_cast<size_t>(lane) * a.hidden + row;
+        *dst = __ldcg(dst) + v0;
       }
     }
   }
@@ -306,13 +351,18 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeKernel(DecodeKernelArgs a) 
   uint32_t round = 0;
   for (int p = a.begin; p < a.end; ++p) {
     const DecodePhase ph = a.phases[p];
+    Trace(a, p, 0);
     if (p > a.begin) GridSync(a.barrier);
+    Trace(a, p, 1);
     if (!IsGemv(ph.kind)) {
       Attention(a, ph.layer, work);
+      ConsumerSync();
+      Trace(a, p, 3);
       continue;
     }
     StageInput<kT>(a, ph, xs, red, scale);
     ConsumerSync();
+    Trace(a, p, 2);
     const Share s = ShareOf(ph);
     for (int u = s.u0; u < s.u1; u += s.per_slot) {
       const int n = min(s.per_slot, s.u1 - u);
@@ -325,6 +375,8 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeKernel(DecodeKernelArgs a) 
         ++round;
       }
     }
+    ConsumerSync();
+    Trace(a, p, 3);
   }
 }
 
@@ -350,7 +402,7 @@ void Launch(const DecodeKernelArgs& a, size_t smem, cudaStream_t stream) {
     cudaFuncSetAttribute(DecodeKernel<kT>, cudaFuncAttributeMaxDynamicSharedMemorySize, 220 * 1024);
     configured = true;
   }
-  DecodeKernel<kT><<<SmCount(), kThreads, smem, stream>>>(a);
+  DecodeKernel<kT><<<a.grid, kThreads, smem, stream>>>(a);
 }
 
 }  // namespace

@@ -57,9 +57,15 @@ struct DecodeKernelArgs {
   float* scratch = nullptr;
   int* counters = nullptr;
   __nv_bfloat16* attn = nullptr;        // [T, n_h·hd]
+  // Blocks, at most one per SM; the same for every launch sharing `barrier`. SMs left out stay
+  // free for the side stream's memory-layer kernels (the kernel leaves them no registers).
+  int grid = 0;
   // Grid barrier: a 64-bit counter in device memory, zeroed once; every launch leaves it a
   // multiple of the grid size, so it needs no reset between launches or graph replays.
   unsigned long long* barrier = nullptr;
+  // Optional: block 0's timestamps (ns), 4 per phase (before the barrier, after it, input staged,
+  // done), for profiling (UM_CUDA_DECODE_TRACE=1).
+  long long* trace = nullptr;
 };
 
 // Whether the kernel covers `tokens` tokens of a model with these attention shapes and phases
@@ -67,7 +73,7 @@ struct DecodeKernelArgs {
 // gate/up row pair) fitting one staging slot, the shared memory within the device's limit.
 bool DecodeKernelSupports(int tokens, int head_dim, int group, const DecodePhase* phases, int count);
 
-// One block per SM. Launched without programmatic dependent launch (ordinary stream order).
+// Launched without programmatic dependent launch (ordinary stream order).
 void LaunchDecodeKernel(const DecodeKernelArgs& args, int max_in_dim, cudaStream_t stream);
 
 }  // namespace ultramem::cuda
