@@ -4,7 +4,7 @@
 // then P·V with each lane owning 8 dims of a V row (16-byte loads, several rows in flight); the
 // last split of a (token, kv head) to finish merges (arrival counter, left at zero). Shared by the
 // standalone attention kernel (attention.cu, one item per block) and the persistent decode kernel
-// (decode_kernel.cu, items on groups of 128 threads): `sync` is the group's barrier, `wait` runs
+// (decode_kernel.cu, items on groups of 128 threads, merging later: defer_merge): `sync` is the group's barrier, `wait` runs
 // once after the first K row is in registers (the standalone kernel's PDL wait). qkv is read
 // through L2 (__ldcg): in the persistent kernel other blocks wrote it in the same launch.
 #pragma once
@@ -25,6 +25,9 @@ struct AttentionItemArgs {
   float* scratch;
   int* counters;
   __nv_bfloat16* out;
+  // Leave every split's partial in scratch (also with one split) and merge nothing: the persistent
+  // decode kernel merges while staging the next product's input.
+  bool defer_merge = false;
 };
 
 inline constexpr int kFastThreads = 128;
@@ -254,7 +257,7 @@ __device__ __forceinline__ void AttentionItem(AttentionItemSmem<kHD, kG>& sm, co
   }
   sync();
   const int head0 = kvh * kG;
-  if (splits == 1) {
+  if (splits == 1 && !args.defer_merge) {
     for (int e = tid; e < kG * kHD; e += kFastThreads) {
       const int g = e / kHD, d = e % kHD;
       float a = 0.0f;
@@ -277,6 +280,7 @@ __device__ __forceinline__ void AttentionItem(AttentionItemSmem<kHD, kG>& sm, co
       part[kHD + 1] = sm.l_run[g];
     }
   }
+  if (args.defer_merge) return;
   __threadfence();
   sync();
   int* counter = counters + t * num_kv_heads + kvh;

@@ -454,7 +454,7 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
   const int splits = AttentionSplits(T, nkv, sm_count_, cfg_.max_position_embeddings);
   // A few tokens: the skinny GEMV with RMSNorm fused into its input and SwiGLU into the gate/up
   // product's output. Wider: standalone norm and SwiGLU kernels around cuBLAS.
-  const bool skinny = T <= kMaxGemvTokens && D % 8 == 0 && F % 8 == 0 && (nh * hd) % 8 == 0;
+  const bool skinny = T <= GemvMaxTokens() && D % 8 == 0 && F % 8 == 0 && (nh * hd) % 8 == 0;
   // A few more: the tensor-core skinny kernel, SwiGLU fused into the gate/up product.
   const bool mma = !skinny && T <= kMmaPreferredMaxTokens && D % 32 == 0 && GemmMmaEnabled();
   // Programmatic dependent launch pays where our kernels follow each other; around cuBLAS's
@@ -681,7 +681,7 @@ absl::Status CudaEngine::BuildDecodePhases() {
   decode_grid_ = std::max(1, sm_count_ - std::max(0, free_sms));
   const char* trace = std::getenv("UM_CUDA_DECODE_TRACE");
   if (trace != nullptr && std::strcmp(trace, "1") == 0) {
-    UM_RETURN_IF_ERROR(decode_trace_.Reserve(4 * host_phases_.size()));
+    UM_RETURN_IF_ERROR(decode_trace_.Reserve(kTracePoints * host_phases_.size()));
   }
   if (grid_barrier_.size() == 0) {
     UM_RETURN_IF_ERROR(grid_barrier_.Reserve(1));
@@ -694,7 +694,7 @@ bool CudaEngine::UseDecodeKernel(int T, bool decode) const {
   if (!decode || T > kMaxDecodeKernelTokens || host_phases_.empty()) return false;
   const char* env = std::getenv("UM_CUDA_DECODE_KERNEL");
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-  return DecodeKernelSupports(T, cfg_.head_dim, cfg_.num_attention_heads / cfg_.num_key_value_heads,
+  return DecodeKernelSupports(T, cfg_.head_dim, cfg_.num_attention_heads, cfg_.num_key_value_heads,
                               host_phases_.data(), static_cast<int>(host_phases_.size()));
 }
 
@@ -715,7 +715,8 @@ absl::Status CudaEngine::EnqueueDecodeKernel(int T, int R) {
   a.num_heads = cfg_.num_attention_heads;
   a.num_kv_heads = cfg_.num_key_value_heads;
   a.head_dim = cfg_.head_dim;
-  a.splits = AttentionSplits(T, cfg_.num_key_value_heads, sm_count_, cfg_.max_position_embeddings);
+  a.splits = DecodeKernelSplits(T, cfg_.num_attention_heads, cfg_.num_key_value_heads, decode_grid_,
+                                AttentionSplits(T, cfg_.num_key_value_heads, sm_count_, cfg_.max_position_embeddings));
   a.scratch = attn_scratch_.get();
   a.counters = attn_counters_.get();
   a.attn = attn_.get();
@@ -874,24 +875,29 @@ void CudaEngine::PrintDecodeTrace() {
   std::vector<long long> t(decode_trace_.size());
   if (cudaMemcpy(t.data(), decode_trace_.get(), t.size() * sizeof(long long), cudaMemcpyDeviceToHost) != cudaSuccess) return;
   static const char* kNames[] = {"qkv", "attention", "wo", "gate_up", "down", "values_proj"};
-  double sum[6][3] = {}, count[6] = {};
+  double sum[6][4] = {}, count[6] = {}, gaps = 0;
   for (size_t p = 0; p < host_phases_.size(); ++p) {
-    const long long* q = &t[4 * p];
+    const long long* q = &t[kTracePoints * p];
+    if (p > 0) gaps += (q[0] - t[kTracePoints * (p - 1) + 3]) * 1e-3;
     const int k = static_cast<int>(host_phases_[p].kind);
     const long long staged = q[2] != 0 ? q[2] : q[1];
     sum[k][0] += (q[1] - q[0]) * 1e-3;
     sum[k][1] += (staged - q[1]) * 1e-3;
     sum[k][2] += (q[3] - staged) * 1e-3;
+    sum[k][3] += (q[2] != 0 ? q[4] : 0) * 1e-3;
     count[k] += 1;
   }
-  const long long span = t[4 * (host_phases_.size() - 1) + 3] - t[0];
-  std::fprintf(stderr, "decode kernel trace (block 0, tokens %d, grid %d): first phase to last %.1f us\n",
-               last_tokens_, decode_grid_, span * 1e-3);
-  std::fprintf(stderr, "  %-12s %6s %10s %10s %10s   (us per phase)\n", "phase", "count", "barrier", "stage", "rest");
+  const long long span = t[kTracePoints * (host_phases_.size() - 1) + 3] - t[0];
+  std::fprintf(stderr,
+               "decode kernel trace (block 0, tokens %d, grid %d): first phase to last %.1f us, of which "
+               "%.1f us between launches (%zu launches)\n",
+               last_tokens_, decode_grid_, span * 1e-3, gaps, cuts_.size() + 1);
+  std::fprintf(stderr, "  %-12s %6s %10s %10s %10s %12s   (us per phase)\n", "phase", "count", "barrier",
+               "stage", "rest", "(weights)");
   for (int k = 0; k < 6; ++k) {
     if (count[k] == 0) continue;
-    std::fprintf(stderr, "  %-12s %6.0f %10.2f %10.2f %10.2f\n", kNames[k], count[k], sum[k][0] / count[k],
-                 sum[k][1] / count[k], sum[k][2] / count[k]);
+    std::fprintf(stderr, "  %-12s %6.0f %10.2f %10.2f %10.2f %12.2f\n", kNames[k], count[k],
+                 sum[k][0] / count[k], sum[k][1] / count[k], sum[k][2] / count[k], sum[k][3] / count[k]);
   }
 }
 

@@ -30,6 +30,8 @@ constexpr int kGroups = kConsumerThreads / kFastThreads;
 constexpr int kSlots = 6;
 constexpr int kSlotBytes = 24 * 1024;
 constexpr int kHeaderBytes = 128;  // 2 · kSlots mbarriers, padded
+constexpr int kMaxSlotUnits = 48;  // units (rows, row pairs) per slot, bounding the sums' buffer
+constexpr int kMaxMerge = 1024;    // tokens · heads · splits the attention merge handles
 
 // The attention shapes compiled into the kernel (head_dim, group).
 constexpr int kShapes[][2] = {{32, 4}, {64, 1}, {64, 4}};  // head_dim 128 spills at 120 registers
@@ -110,12 +112,16 @@ __device__ __forceinline__ float Dot8(const uint4& a, const uint4& b) {
   return s;
 }
 
-// Timestamps (ns) of block 0 at phase p: 0 before the barrier, 1 after it, 2 input staged, 3 done.
-__device__ __forceinline__ void Trace(const DecodeKernelArgs& a, int p, int point) {
-  if (a.trace == nullptr || blockIdx.x != 0 || threadIdx.x != 0) return;
+__device__ __forceinline__ long long Now() {
   unsigned long long ns;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
-  a.trace[p * 4 + point] = static_cast<long long>(ns);
+  return static_cast<long long>(ns);
+}
+// Timestamps (ns) of block 0 at phase p: 0 before the barrier, 1 after it, 2 input staged, 3 done;
+// 4 holds the time its thread 0 waited for weight slots.
+__device__ __forceinline__ void Trace(const DecodeKernelArgs& a, int p, int point) {
+  if (a.trace == nullptr || blockIdx.x != 0 || threadIdx.x != 0) return;
+  a.trace[p * kTracePoints + point] = Now();
 }
 
 __device__ __forceinline__ bool IsGemv(DecodePhaseKind k) { return k != DecodePhaseKind::kAttention; }
@@ -129,7 +135,7 @@ __device__ __forceinline__ Share ShareOf(const DecodePhase& ph) {
   s.rows_per_unit = ph.kind == DecodePhaseKind::kGateUp ? 2 : 1;
   s.u0 = static_cast<int>(static_cast<long long>(blockIdx.x) * ph.out_dim / gridDim.x);
   s.u1 = static_cast<int>(static_cast<long long>(blockIdx.x + 1) * ph.out_dim / gridDim.x);
-  s.per_slot = kSlotBytes / (s.rows_per_unit * ph.in_dim * 2);
+  s.per_slot = min(kMaxSlotUnits, kSlotBytes / (s.rows_per_unit * ph.in_dim * 2));
   return s;
 }
 
@@ -164,11 +170,77 @@ __device__ void Produce(const DecodeKernelArgs& a, unsigned char* stage, uint64_
 // to normed_out by block 0), else a copy of ph.x. Loads go out kBatch at a time per thread.
 constexpr int kBatch = 8;
 
+// The attention output [T][n_h·hd] into xs, merging the splits' partials (scratch, [t][head]
+// [split][hd + 2] = unnormalized sum, m, l): the split weights first (one load round), then every
+// output pair from all splits at once (one more).
+__device__ void StageAttention(const DecodeKernelArgs& a, bf16* xs, float* mw, float* ml) {
+  const int tid = threadIdx.x;
+  const int S = a.splits, hd = a.head_dim, stride = hd + 2;
+  const int n = a.tokens * a.num_heads * S;
+  for (int e = tid; e < n; e += kConsumerThreads) {
+    mw[e] = __ldcg(a.scratch + static_cast<size_t>(e) * stride + hd);
+    ml[e] = __ldcg(a.scratch + static_cast<size_t>(e) * stride + hd + 1);
+  }
+  ConsumerSync();
+  float wl[kMaxMerge / kConsumerThreads];
+#pragma unroll
+  for (int i = 0; i < kMaxMerge / kConsumerThreads; ++i) {
+    const int e = tid + i * kConsumerThreads;
+    if (e >= n) break;
+    const float* m = mw + (e / S) * S;
+    const float* l = ml + (e / S) * S;
+    float mx = -INFINITY;
+    for (int j = 0; j < S; ++j) mx = fmaxf(mx, m[j]);
+    float sum = 0.0f;
+    for (int j = 0; j < S; ++j) sum += l[j] * __expf(m[j] - mx);
+    wl[i] = __expf(mw[e] - mx) / sum;  // 0 for an empty split
+  }
+  ConsumerSync();
+#pragma unroll
+  for (int i = 0; i < kMaxMerge / kConsumerThreads; ++i) {
+    const int e = tid + i * kConsumerThreads;
+    if (e >= n) break;
+    mw[e] = wl[i];
+  }
+  ConsumerSync();
+  const int pairs = hd / 2, total = a.tokens * a.num_heads * pairs;
+  constexpr int kItems = 2;
+  for (int base = tid; base < total; base += kConsumerThreads * kItems) {
+    float2 acc[kItems];
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) acc[i] = make_float2(0.0f, 0.0f);
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      if (j >= S) break;
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) {
+        const int e = base + i * kConsumerThreads;
+        if (e < total) {
+          const int th = e / pairs, dp = e % pairs;  // th = t · n_h + head
+          const float w = mw[th * S + j];
+          const float2 v = __ldcg(reinterpret_cast<const float2*>(a.scratch + (static_cast<size_t>(th) * S + j) * stride) + dp);
+          acc[i].x += w * v.x;
+          acc[i].y += w * v.y;
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      const int e = base + i * kConsumerThreads;
+      if (e < total) {
+        const int th = e / pairs, dp = e % pairs;
+        reinterpret_cast<__nv_bfloat162*>(xs + th * hd)[dp] = __floats2bfloat162_rn(acc[i].x, acc[i].y);
+      }
+    }
+  }
+}
+
 template <int kT>
 __device__ void StageInput(const DecodeKernelArgs& a, const DecodePhase& ph, bf16* xs,
-                           float (*red)[kT], float* scale) {
+                           float (*red)[kT], float* scale, float* mw, float* ml) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int K = ph.in_dim;
+  if (ph.kind == DecodePhaseKind::kWo) return StageAttention(a, xs, mw, ml);
   if (ph.norm_weight == nullptr) {
     const int chunks = K / 8, total = a.tokens * chunks;
     for (int base = tid; base < total; base += kConsumerThreads * kBatch) {
@@ -243,22 +315,48 @@ __device__ void StageInput(const DecodeKernelArgs& a, const DecodePhase& ph, bf1
   }
 }
 
-// The rows of one slot: warp w takes rows w, w + 8, ...; lanes split the row in 8-element pieces.
+// The products of one slot's n units: the (unit, 32-piece segment) items are split evenly over the
+// consumer warps (each lane one 8-element piece of the row); a warp's partial sums of a unit go
+// to `sums` [unit][gate, up][kT] by shared-memory atomics. Then every consumer writes outputs.
 template <int kT>
 __device__ void ComputeSlot(const DecodeKernelArgs& a, const DecodePhase& ph, const bf16* xs,
-                            const bf16* w, int u, int n) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int K = ph.in_dim, chunks = K / 8;
+                            const bf16* w, int u, int n, float* sums) {
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int K = ph.in_dim, chunks = K / 8, segs = (chunks + 31) / 32;
   const bool pair = ph.kind == DecodePhaseKind::kGateUp;
-  for (int r = warp; r < n; r += kConsumerWarps) {
-    const uint4* wa = reinterpret_cast<const uint4*>(w + static_cast<size_t>(r) * K);
-    const uint4* wb = reinterpret_cast<const uint4*>(w + static_cast<size_t>(n + r) * K);
-    float acc[2][kT];
+  const int items = n * segs;
+  const int i0 = warp * items / kConsumerWarps, i1 = (warp + 1) * items / kConsumerWarps;
+  float acc[2][kT];
 #pragma unroll
-    for (int t = 0; t < kT; ++t) acc[0][t] = acc[1][t] = 0.0f;
-    for (int c = lane; c < chunks; c += 32) {
-      const uint4 va = wa[c];
-      const uint4 vb = pair ? wb[c] : va;
+  for (int t = 0; t < kT; ++t) acc[0][t] = acc[1][t] = 0.0f;
+  auto flush = [&](int r) {
+#pragma unroll
+    for (int t = 0; t < kT; ++t) {
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        acc[0][t] += __shfl_xor_sync(0xffffffffu, acc[0][t], o);
+        if (pair) acc[1][t] += __shfl_xor_sync(0xffffffffu, acc[1][t], o);
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kT; ++t) {
+      if (lane == t && t < a.tokens) {
+        atomicAdd(sums + (r * 2) * kT + t, acc[0][t]);
+        if (pair) atomicAdd(sums + (r * 2 + 1) * kT + t, acc[1][t]);
+      }
+      acc[0][t] = acc[1][t] = 0.0f;
+    }
+  };
+  int cur = i0 < i1 ? i0 / segs : -1;
+  for (int i = i0; i < i1; ++i) {
+    const int r = i / segs, c = (i % segs) * 32 + lane;
+    if (r != cur) {
+      flush(cur);
+      cur = r;
+    }
+    if (c < chunks) {
+      const uint4 va = reinterpret_cast<const uint4*>(w + static_cast<size_t>(r) * K)[c];
+      const uint4 vb = pair ? reinterpret_cast<const uint4*>(w + static_cast<size_t>(n + r) * K)[c] : va;
 #pragma unroll
       for (int t = 0; t < kT; ++t) {
         if (t < a.tokens) {
@@ -268,34 +366,24 @@ __device__ void ComputeSlot(const DecodeKernelArgs& a, const DecodePhase& ph, co
         }
       }
     }
-#pragma unroll
-    for (int t = 0; t < kT; ++t) {
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-        acc[0][t] += __shfl_xor_sync(0xffffffffu, acc[0][t], o);
-        if (pair) acc[1][t] += __shfl_xor_sync(0xffffffffu, acc[1][t], o);
-      }
-    }
-    // Every lane holds the sums: lane t writes token t (one round trip for all tokens).
-    float v0 = 0.0f, v1 = 0.0f;
-#pragma unroll
-    for (int t = 0; t < kT; ++t) {
-      if (lane == t) {
-        v0 = acc[0][t];
-        v1 = acc[1][t];
-      }
-    }
-    if (lane >= a.tokens) continue;
-    const int row = u + r;
+  }
+  if (cur >= 0) flush(cur);
+  ConsumerSync();
+  for (int e = tid; e < n * a.tokens; e += kConsumerThreads) {
+    const int r = e / a.tokens, t = e % a.tokens, row = u + r;
+    float* cell = sums + (r * 2) * kT + t;
+    const float v0 = *cell, v1 = cell[kT];
+    *cell = 0.0f;
+    cell[kT] = 0.0f;
     switch (ph.kind) {
       case DecodePhaseKind::kQkv:
-        a.qkv[static_cast<size_t>(lane) * ph.out_dim + row] = v0;
+        a.qkv[static_cast<size_t>(t) * ph.out_dim + row] = v0;
         break;
       case DecodePhaseKind::kGateUp:
-        a.act[static_cast<size_t>(lane) * ph.out_dim + row] = __float2bfloat16(v0 / (1.0f + __expf(-v0)) * v1);
+        a.act[static_cast<size_t>(t) * ph.out_dim + row] = __float2bfloat16(v0 / (1.0f + __expf(-v0)) * v1);
         break;
       default: {
-        float* dst = a.x + static_cast<size_t>(lane) * a.hidden + row;
+        float* dst = a.x + static_cast<size_t>(t) * a.hidden + row;
         *dst = __ldcg(dst) + v0;
       }
     }
@@ -306,8 +394,8 @@ template <int kHD, int kG>
 __device__ void AttentionPhase(const DecodeKernelArgs& a, int layer, unsigned char* work) {
   const int group = threadIdx.x / kFastThreads, gtid = threadIdx.x % kFastThreads;
   auto* sm = reinterpret_cast<AttentionItemSmem<kHD, kG>*>(work + group * kGroupStride<kHD, kG>);
-  const AttentionItemArgs args{a.qkv,          a.kv,       a.rope,     a.num_heads, a.num_kv_heads,
-                               layer,          a.splits,   a.scratch,  a.counters,  a.attn};
+  const AttentionItemArgs args{a.qkv,     a.kv,      a.rope,     a.num_heads, a.num_kv_heads, layer,
+                               a.splits,  a.scratch, a.counters, a.attn,      true};
   const int per_token = a.num_kv_heads * a.splits;
   const int items = a.tokens * per_token;
   for (int i = blockIdx.x + gridDim.x * group; i < items; i += gridDim.x * kGroups) {
@@ -333,6 +421,11 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeKernel(DecodeKernelArgs a) 
   unsigned char* work = stage + kSlots * kSlotBytes;
   __shared__ float red[kConsumerWarps][kT];
   __shared__ float scale[kT];
+  __shared__ float merge_w[kMaxMerge], merge_l[kMaxMerge];
+  // Two buffers of per-unit sums (a slot's products), alternating by slot use: a slot's atomics
+  // never meet the previous slot's readers. Zero at start; readers zero what they read.
+  __shared__ float sums[2][kMaxSlotUnits * 2 * kT];
+  for (int i = threadIdx.x; i < 2 * kMaxSlotUnits * 2 * kT; i += blockDim.x) (&sums[0][0])[i] = 0.0f;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kSlots; ++s) {
@@ -360,14 +453,18 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeKernel(DecodeKernelArgs a) 
       Trace(a, p, 3);
       continue;
     }
-    StageInput<kT>(a, ph, xs, red, scale);
+    StageInput<kT>(a, ph, xs, red, scale, merge_w, merge_l);
     ConsumerSync();
     Trace(a, p, 2);
     const Share s = ShareOf(ph);
+    long long waited = 0;
     for (int u = s.u0; u < s.u1; u += s.per_slot) {
       const int n = min(s.per_slot, s.u1 - u);
+      const long long w0 = a.trace != nullptr ? Now() : 0;
       MbarWait(full + slot, round & 1);
-      ComputeSlot<kT>(a, ph, xs, reinterpret_cast<const bf16*>(stage + static_cast<size_t>(slot) * kSlotBytes), u, n);
+      if (a.trace != nullptr) waited += Now() - w0;
+      ComputeSlot<kT>(a, ph, xs, reinterpret_cast<const bf16*>(stage + static_cast<size_t>(slot) * kSlotBytes), u, n,
+                      sums[(round * kSlots + slot) & 1]);
       __syncwarp();
       if (lane == 0) MbarArrive(empty + slot);
       if (++slot == kSlots) {
@@ -377,6 +474,7 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeKernel(DecodeKernelArgs a) 
     }
     ConsumerSync();
     Trace(a, p, 3);
+    if (a.trace != nullptr && blockIdx.x == 0 && threadIdx.x == 0) a.trace[p * kTracePoints + 4] = waited;
   }
 }
 
@@ -407,8 +505,16 @@ void Launch(const DecodeKernelArgs& a, size_t smem, cudaStream_t stream) {
 
 }  // namespace
 
-bool DecodeKernelSupports(int tokens, int head_dim, int group, const DecodePhase* phases, int count) {
-  if (tokens < 1 || tokens > kMaxDecodeKernelTokens) return false;
+int DecodeKernelSplits(int tokens, int num_heads, int num_kv_heads, int grid, int max_splits) {
+  int s = std::max(1, grid / std::max(1, tokens * num_kv_heads));
+  s = std::min({s, max_splits, 16, kMaxMerge / std::max(1, tokens * num_heads)});
+  return std::max(1, s);
+}
+
+bool DecodeKernelSupports(int tokens, int head_dim, int num_heads, int num_kv_heads,
+                          const DecodePhase* phases, int count) {
+  if (tokens < 1 || tokens > kMaxDecodeKernelTokens || tokens * num_heads > kMaxMerge) return false;
+  const int group = num_heads / num_kv_heads;
   bool shape = false;
   for (const auto& s : kShapes) shape = shape || (s[0] == head_dim && s[1] == group);
   if (!shape) return false;

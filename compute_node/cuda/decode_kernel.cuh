@@ -25,6 +25,11 @@
 namespace ultramem::cuda {
 
 inline constexpr int kMaxDecodeKernelTokens = 8;
+inline constexpr int kTracePoints = 5;
+
+// Attention splits for the decode kernel: about one (token, kv head, split) item per block, and
+// the merge's tables (tokens · heads · splits ≤ 1024) bounded.
+int DecodeKernelSplits(int tokens, int num_heads, int num_kv_heads, int grid, int max_splits);
 
 enum class DecodePhaseKind : int32_t { kQkv, kAttention, kWo, kGateUp, kDown, kValuesProj };
 
@@ -53,7 +58,7 @@ struct DecodeKernelArgs {
   // Attention (as LaunchAttention's decode path, rope given).
   const TokenKv* kv = nullptr;
   const float2* rope = nullptr;
-  int num_heads = 0, num_kv_heads = 0, head_dim = 0, splits = 1;
+  int num_heads = 0, num_kv_heads = 0, head_dim = 0, splits = 1;  // DecodeKernelSplits
   float* scratch = nullptr;
   int* counters = nullptr;
   __nv_bfloat16* attn = nullptr;        // [T, n_h·hd]
@@ -63,15 +68,16 @@ struct DecodeKernelArgs {
   // Grid barrier: a 64-bit counter in device memory, zeroed once; every launch leaves it a
   // multiple of the grid size, so it needs no reset between launches or graph replays.
   unsigned long long* barrier = nullptr;
-  // Optional: block 0's timestamps (ns), 4 per phase (before the barrier, after it, input staged,
-  // done), for profiling (UM_CUDA_DECODE_TRACE=1).
+  // Optional: block 0's timestamps (ns), kTracePoints per phase (before the barrier, after it,
+  // input staged, done, then the time spent waiting for weights), for UM_CUDA_DECODE_TRACE=1.
   long long* trace = nullptr;
 };
 
 // Whether the kernel covers `tokens` tokens of a model with these attention shapes and phases
 // (host copies): head_dim/group among the compiled ones, every in_dim a multiple of 8, a row (a
 // gate/up row pair) fitting one staging slot, the shared memory within the device's limit.
-bool DecodeKernelSupports(int tokens, int head_dim, int group, const DecodePhase* phases, int count);
+bool DecodeKernelSupports(int tokens, int head_dim, int num_heads, int num_kv_heads,
+                          const DecodePhase* phases, int count);
 
 // Launched without programmatic dependent launch (ordinary stream order).
 void LaunchDecodeKernel(const DecodeKernelArgs& args, int max_in_dim, cudaStream_t stream);

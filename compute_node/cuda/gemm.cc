@@ -24,7 +24,7 @@ absl::Status GemmBf16(cublasHandle_t handle, const __nv_bfloat16* x, int64_t tok
 absl::Status MatMulBf16(cublasHandle_t handle, cudaStream_t stream, const __nv_bfloat16* x,
                         int64_t tokens, const __nv_bfloat16* w, int64_t out_dim, int64_t in_dim,
                         float* y, bool accumulate) {
-  if (tokens >= 1 && tokens <= kMaxGemvTokens && in_dim % 8 == 0) {
+  if (tokens >= 1 && tokens <= GemvMaxTokens() && in_dim % 8 == 0) {
     LaunchGemvBf16(x, static_cast<int>(tokens), w, static_cast<int>(out_dim),
                    static_cast<int>(in_dim), y, accumulate, stream);
     CUDA_CHECK(cudaGetLastError());

@@ -2,6 +2,7 @@
 #include "compute_node/cuda/gemv.cuh"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "compute_node/cuda/launch.cuh"
 
@@ -226,6 +227,14 @@ static void LaunchForTokens(const GemvArgs& a, cudaStream_t stream) {
       pair ? LaunchT<kT, false, 2>(a, stream) : LaunchT<kT, false, 1>(a, stream);
     }
   }
+}
+
+int GemvMaxTokens() {
+  static const int limit = [] {
+    const char* v = std::getenv("UM_CUDA_GEMV_MAX_TOKENS");
+    return v == nullptr ? kMaxGemvTokens : std::clamp(std::atoi(v), 0, kMaxGemvTokens);
+  }();
+  return limit;
 }
 
 void LaunchGemv(const GemvArgs& a, cudaStream_t stream) {

@@ -23,6 +23,10 @@ namespace ultramem::cuda {
 
 inline constexpr int kMaxGemvTokens = 8;
 
+// Products of at most this many tokens take the GEMV: kMaxGemvTokens, or fewer when the
+// environment sets UM_CUDA_GEMV_MAX_TOKENS (the tensor-core skinny kernel then takes the rest).
+int GemvMaxTokens();
+
 enum class GemvOutput { kStore, kAccumulate, kSwiGlu };
 
 struct GemvArgs {
