@@ -608,7 +608,7 @@ absl::Status CudaEngine::JoinMemoryLayer(int j, int T,
 absl::Status CudaEngine::EnqueueLogits(int R) {
   const int D = cfg_.hidden_size;
   const bf16* head = lm_head_.size() > 0 ? lm_head_.get() : embed_.get();
-  if (R <= kMaxGemvTokens && D % 8 == 0) {
+  if (R <= GemvMaxTokens() && D % 8 == 0) {
     GemvArgs lm;
     lm.tokens = R;
     lm.out_dim = cfg_.vocab_size;

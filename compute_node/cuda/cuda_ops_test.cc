@@ -131,7 +131,7 @@ TEST(CudaOps, GemmBf16MatchesCpu) {
     EXPECT_LE(RelErr(Down(dy, T * out), want), 1e-2);
     cublasDestroy(h);
   }
-  // MatMulBf16's choices: the skinny GEMV for 1..8 tokens, the tensor-core kernel for 9..16,
+  // MatMulBf16's choices: the skinny GEMV up to GemvMaxTokens(), the tensor-core kernel to 16,
   // cuBLAS above; and the tensor-core kernel alone from 1 up to its 64 tokens.
   cublasHandle_t blas;
   ASSERT_EQ(cublasCreate(&blas), CUBLAS_STATUS_SUCCESS);

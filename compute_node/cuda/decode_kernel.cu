@@ -495,12 +495,18 @@ size_t SmemBytes(int tokens, int head_dim, int group, int max_in_dim) {
 
 template <int kT>
 void Launch(const DecodeKernelArgs& a, size_t smem, cudaStream_t stream) {
-  static bool configured = false;  // the attribute once per instantiation (the limit is per device)
-  if (!configured) {
-    cudaFuncSetAttribute(DecodeKernel<kT>, cudaFuncAttributeMaxDynamicSharedMemorySize, 220 * 1024);
-    configured = true;
+  static size_t configured = 0;  // the largest dynamic size allowed so far for this instantiation
+  if (smem > configured) {
+    cudaFuncSetAttribute(DecodeKernel<kT>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    configured = smem;
   }
   DecodeKernel<kT><<<a.grid, kThreads, smem, stream>>>(a);
+}
+
+template <int kT>
+size_t StaticSmem() {
+  cudaFuncAttributes attr{};
+  return cudaFuncGetAttributes(&attr, DecodeKernel<kT>) == cudaSuccess ? attr.sharedSizeBytes : size_t{64} << 10;
 }
 
 }  // namespace
@@ -531,8 +537,9 @@ bool DecodeKernelSupports(int tokens, int head_dim, int num_heads, int num_kv_he
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
     return false;
   }
-  // Static shared memory (red, scale) and a margin for the side stream's kernels.
-  return SmemBytes(tokens, head_dim, group, max_in) + 1024 <= std::min<size_t>(optin, 220 * 1024);
+  const size_t static_smem = tokens <= 1 ? StaticSmem<1>() : tokens <= 2 ? StaticSmem<2>()
+                            : tokens <= 4 ? StaticSmem<4>() : StaticSmem<8>();
+  return SmemBytes(tokens, head_dim, group, max_in) + static_smem <= static_cast<size_t>(optin);
 }
 
 void LaunchDecodeKernel(const DecodeKernelArgs& a, int max_in_dim, cudaStream_t stream) {

@@ -232,7 +232,7 @@ static void LaunchForTokens(const GemvArgs& a, cudaStream_t stream) {
 int GemvMaxTokens() {
   static const int limit = [] {
     const char* v = std::getenv("UM_CUDA_GEMV_MAX_TOKENS");
-    return v == nullptr ? kMaxGemvTokens : std::clamp(std::atoi(v), 0, kMaxGemvTokens);
+    return v == nullptr ? kPreferredGemvTokens : std::clamp(std::atoi(v), 0, kMaxGemvTokens);
   }();
   return limit;
 }

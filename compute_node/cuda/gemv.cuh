@@ -23,8 +23,12 @@ namespace ultramem::cuda {
 
 inline constexpr int kMaxGemvTokens = 8;
 
-// Products of at most this many tokens take the GEMV: kMaxGemvTokens, or fewer when the
-// environment sets UM_CUDA_GEMV_MAX_TOKENS (the tensor-core skinny kernel then takes the rest).
+// Products of at most this many tokens take the GEMV: kPreferredGemvTokens, or what the
+// environment sets in UM_CUDA_GEMV_MAX_TOKENS (0..kMaxGemvTokens); the tensor-core skinny kernel
+// takes the rest up to its limit. One token only by default: on the H200 (2026-11-28, the
+// 1024/2816 model) the tensor-core kernel took 408/429/500 us a step at 2/4/8 tokens where the
+// GEMV took 451/664/1144.
+inline constexpr int kPreferredGemvTokens = 1;
 int GemvMaxTokens();
 
 enum class GemvOutput { kStore, kAccumulate, kSwiGlu };
