@@ -30,7 +30,6 @@ constexpr int kGroups = kConsumerThreads / kFastThreads;
 constexpr int kSlots = 6;
 constexpr int kSlotBytes = 24 * 1024;
 constexpr int kHeaderBytes = 128;  // 2 · kSlots mbarriers, padded
-constexpr int kMaxSlotUnits = 48;  // units (rows, row pairs) per slot, bounding the sums' buffer
 constexpr int kMaxMerge = 1024;    // tokens · heads · splits the attention merge handles
 
 // The attention shapes compiled into the kernel (head_dim, group).
@@ -135,7 +134,7 @@ __device__ __forceinline__ Share ShareOf(const DecodePhase& ph) {
   s.rows_per_unit = ph.kind == DecodePhaseKind::kGateUp ? 2 : 1;
   s.u0 = static_cast<int>(static_cast<long long>(blockIdx.x) * ph.out_dim / gridDim.x);
   s.u1 = static_cast<int>(static_cast<long long>(blockIdx.x + 1) * ph.out_dim / gridDim.x);
-  s.per_slot = min(kMaxSlotUnits, kSlotBytes / (s.rows_per_unit * ph.in_dim * 2));
+  s.per_slot = kSlotBytes / (s.rows_per_unit * ph.in_dim * 2);
   return s;
 }
 
@@ -209,16 +208,17 @@ __device__ void StageAttention(const DecodeKernelArgs& a, bf16* xs, float* mw, f
     float2 acc[kItems];
 #pragma unroll
     for (int i = 0; i < kItems; ++i) acc[i] = make_float2(0.0f, 0.0f);
+    // All 16 loads of an item issued at once (splits past S re-read split S - 1 with weight 0).
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
-      if (j >= S) break;
+      const int jj = j < S ? j : S - 1;
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
-        const int e = base + i * kConsumerThreads;
-        if (e < total) {
+        const int e = min(base + i * kConsumerThreads, total - 1);
+        {
           const int th = e / pairs, dp = e % pairs;  // th = t · n_h + head
-          const float w = mw[th * S + j];
-          const float2 v = __ldcg(reinterpret_cast<const float2*>(a.scratch + (static_cast<size_t>(th) * S + j) * stride) + dp);
+          const float w = j < S ? mw[th * S + jj] : 0.0f;
+          const float2 v = __ldcg(reinterpret_cast<const float2*>(a.scratch + (static_cast<size_t>(th) * S + jj) * stride) + dp);
           acc[i].x += w * v.x;
           acc[i].y += w * v.y;
         }
@@ -315,48 +315,22 @@ __device__ void StageInput(const DecodeKernelArgs& a, const DecodePhase& ph, bf1
   }
 }
 
-// The products of one slot's n units: the (unit, 32-piece segment) items are split evenly over the
-// consumer warps (each lane one 8-element piece of the row); a warp's partial sums of a unit go
-// to `sums` [unit][gate, up][kT] by shared-memory atomics. Then every consumer writes outputs.
+// The rows of one slot: warp w takes rows w, w + 8, ...; lanes split the row in 8-element pieces.
 template <int kT>
 __device__ void ComputeSlot(const DecodeKernelArgs& a, const DecodePhase& ph, const bf16* xs,
-                            const bf16* w, int u, int n, float* sums) {
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int K = ph.in_dim, chunks = K / 8, segs = (chunks + 31) / 32;
+                            const bf16* w, int u, int n) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int K = ph.in_dim, chunks = K / 8;
   const bool pair = ph.kind == DecodePhaseKind::kGateUp;
-  const int items = n * segs;
-  const int i0 = warp * items / kConsumerWarps, i1 = (warp + 1) * items / kConsumerWarps;
-  float acc[2][kT];
+  for (int r = warp; r < n; r += kConsumerWarps) {
+    const uint4* wa = reinterpret_cast<const uint4*>(w + static_cast<size_t>(r) * K);
+    const uint4* wb = reinterpret_cast<const uint4*>(w + static_cast<size_t>(n + r) * K);
+    float acc[2][kT];
 #pragma unroll
-  for (int t = 0; t < kT; ++t) acc[0][t] = acc[1][t] = 0.0f;
-  auto flush = [&](int r) {
-#pragma unroll
-    for (int t = 0; t < kT; ++t) {
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-        acc[0][t] += __shfl_xor_sync(0xffffffffu, acc[0][t], o);
-        if (pair) acc[1][t] += __shfl_xor_sync(0xffffffffu, acc[1][t], o);
-      }
-    }
-#pragma unroll
-    for (int t = 0; t < kT; ++t) {
-      if (lane == t && t < a.tokens) {
-        atomicAdd(sums + (r * 2) * kT + t, acc[0][t]);
-        if (pair) atomicAdd(sums + (r * 2 + 1) * kT + t, acc[1][t]);
-      }
-      acc[0][t] = acc[1][t] = 0.0f;
-    }
-  };
-  int cur = i0 < i1 ? i0 / segs : -1;
-  for (int i = i0; i < i1; ++i) {
-    const int r = i / segs, c = (i % segs) * 32 + lane;
-    if (r != cur) {
-      flush(cur);
-      cur = r;
-    }
-    if (c < chunks) {
-      const uint4 va = reinterpret_cast<const uint4*>(w + static_cast<size_t>(r) * K)[c];
-      const uint4 vb = pair ? reinterpret_cast<const uint4*>(w + static_cast<size_t>(n + r) * K)[c] : va;
+    for (int t = 0; t < kT; ++t) acc[0][t] = acc[1][t] = 0.0f;
+    for (int c = lane; c < chunks; c += 32) {
+      const uint4 va = wa[c];
+      const uint4 vb = pair ? wb[c] : va;
 #pragma unroll
       for (int t = 0; t < kT; ++t) {
         if (t < a.tokens) {
@@ -366,24 +340,34 @@ __device__ void ComputeSlot(const DecodeKernelArgs& a, const DecodePhase& ph, co
         }
       }
     }
-  }
-  if (cur >= 0) flush(cur);
-  ConsumerSync();
-  for (int e = tid; e < n * a.tokens; e += kConsumerThreads) {
-    const int r = e / a.tokens, t = e % a.tokens, row = u + r;
-    float* cell = sums + (r * 2) * kT + t;
-    const float v0 = *cell, v1 = cell[kT];
-    *cell = 0.0f;
-    cell[kT] = 0.0f;
+#pragma unroll
+    for (int t = 0; t < kT; ++t) {
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        acc[0][t] += __shfl_xor_sync(0xffffffffu, acc[0][t], o);
+        if (pair) acc[1][t] += __shfl_xor_sync(0xffffffffu, acc[1][t], o);
+      }
+    }
+    // Every lane holds the sums: lane t writes token t (one round trip for all tokens).
+    float v0 = 0.0f, v1 = 0.0f;
+#pragma unroll
+    for (int t = 0; t < kT; ++t) {
+      if (lane == t) {
+        v0 = acc[0][t];
+        v1 = acc[1][t];
+      }
+    }
+    if (lane >= a.tokens) continue;
+    const int row = u + r;
     switch (ph.kind) {
       case DecodePhaseKind::kQkv:
-        a.qkv[static_cast<size_t>(t) * ph.out_dim + row] = v0;
+        a.qkv[static_cast<size_t>(lane) * ph.out_dim + row] = v0;
         break;
       case DecodePhaseKind::kGateUp:
-        a.act[static_cast<size_t>(t) * ph.out_dim + row] = __float2bfloat16(v0 / (1.0f + __expf(-v0)) * v1);
+        a.act[static_cast<size_t>(lane) * ph.out_dim + row] = __float2bfloat16(v0 / (1.0f + __expf(-v0)) * v1);
         break;
       default: {
-        float* dst = a.x + static_cast<size_t>(t) * a.hidden + row;
+        float* dst = a.x + static_cast<size_t>(lane) * a.hidden + row;
         *dst = __ldcg(dst) + v0;
       }
     }
@@ -422,10 +406,6 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeKernel(DecodeKernelArgs a) 
   __shared__ float red[kConsumerWarps][kT];
   __shared__ float scale[kT];
   __shared__ float merge_w[kMaxMerge], merge_l[kMaxMerge];
-  // Two buffers of per-unit sums (a slot's products), alternating by slot use: a slot's atomics
-  // never meet the previous slot's readers. Zero at start; readers zero what they read.
-  __shared__ float sums[2][kMaxSlotUnits * 2 * kT];
-  for (int i = threadIdx.x; i < 2 * kMaxSlotUnits * 2 * kT; i += blockDim.x) (&sums[0][0])[i] = 0.0f;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kSlots; ++s) {
@@ -463,8 +443,7 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeKernel(DecodeKernelArgs a) 
       const long long w0 = a.trace != nullptr ? Now() : 0;
       MbarWait(full + slot, round & 1);
       if (a.trace != nullptr) waited += Now() - w0;
-      ComputeSlot<kT>(a, ph, xs, reinterpret_cast<const bf16*>(stage + static_cast<size_t>(slot) * kSlotBytes), u, n,
-                      sums[(round * kSlots + slot) & 1]);
+      ComputeSlot<kT>(a, ph, xs, reinterpret_cast<const bf16*>(stage + static_cast<size_t>(slot) * kSlotBytes), u, n);
       __syncwarp();
       if (lane == 0) MbarArrive(empty + slot);
       if (++slot == kSlots) {
