@@ -15,8 +15,8 @@
 # Knobs: SKIP_TESTS=1, SKIP_NCU=1, SKIP_TORCH=1, BATCHES=1,16,64,256, SYNTH=1 (value tables
 # declared synthetic: no 4 GB checkpoint to write, but the PyTorch reference cannot read them),
 # NOPDL_BATCHES=1,64 (the bench again with programmatic dependent launch off; empty to skip),
-# DK_OFF_BATCHES=1,8 (again with the persistent decode kernel off, UM_CUDA_DECODE_KERNEL=0),
-# NCU_BATCHES="1 64". When the engine tests fail, they are retried with the decode kernel off, then the tensor-core skinny
+# DK_BATCHES=1,8 (again with the experimental persistent decode kernel, UM_CUDA_DECODE_KERNEL=1),
+# NCU_BATCHES="1 64". When the engine tests fail, they are retried with the tensor-core skinny
 # kernel off (UM_CUDA_MMA=0), then PDL off too, and the bench runs as the passing retry did.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,7 +24,7 @@ BIN=${BIN:-.device/bin}
 OUT=${OUT:-/tmp/um_gpu_out}
 BATCHES=${BATCHES:-1,16,64,256}
 NOPDL_BATCHES=${NOPDL_BATCHES-1,64}
-DK_OFF_BATCHES=${DK_OFF_BATCHES-1,8}
+DK_BATCHES=${DK_BATCHES-1,8}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 t0=$(date +%s)
@@ -48,7 +48,7 @@ if [[ -z ${SKIP_TESTS:-} ]]; then
   if [[ $rc1 != 0 ]]; then
     # A failing new path must not produce the recorded numbers: retry without the tensor-core
     # skinny kernel, then also without PDL, and bench whichever passes (said in the summary).
-    for knobs in "UM_CUDA_DECODE_KERNEL=0" "UM_CUDA_DECODE_KERNEL=0 UM_CUDA_MMA=0" "UM_CUDA_DECODE_KERNEL=0 UM_CUDA_MMA=0 UM_CUDA_PDL=0"; do
+    for knobs in "UM_CUDA_MMA=0" "UM_CUDA_MMA=0 UM_CUDA_PDL=0"; do
       stamp "GPU tests again with $knobs"
       env $knobs timeout 240 "$BIN/cuda_engine_tests" >"$OUT/tests_engine_fallback.log" 2>&1; rc2=$?
       grep -hE "^\[  (PASSED|FAILED) |^\[  FAILED" "$OUT/tests_engine_fallback.log" | head -10
@@ -67,9 +67,9 @@ du -sh "$CKPT"
 
 stamp "CUDA engine decode bench (PDL on)"
 timeout 150 "$BIN/ultramem-cuda-bench" --model "$CKPT" --batches "$BATCHES" --context 512 2>&1 | tee "$OUT/cuda_bench.log"
-if [[ -n $DK_OFF_BATCHES ]]; then
-  stamp "CUDA engine decode bench, persistent decode kernel off (the per-op kernels)"
-  UM_CUDA_DECODE_KERNEL=0 timeout 100 "$BIN/ultramem-cuda-bench" --model "$CKPT" --batches "$DK_OFF_BATCHES" --context 512 2>&1 | tee "$OUT/cuda_bench_dk_off.log" | grep -v JSON
+if [[ -n $DK_BATCHES ]]; then
+  stamp "CUDA engine decode bench, persistent decode kernel on (UM_CUDA_DECODE_KERNEL=1, an experiment)"
+  UM_CUDA_DECODE_KERNEL=1 timeout 100 "$BIN/ultramem-cuda-bench" --model "$CKPT" --batches "$DK_BATCHES" --context 512 2>&1 | tee "$OUT/cuda_bench_dk.log" | grep -v JSON
 fi
 if [[ -n $NOPDL_BATCHES ]]; then
   stamp "CUDA engine decode bench (PDL off)"

@@ -1,10 +1,10 @@
 // Implementation of compute_node/cuda/cuda_engine.h: weights upload, per-step buffers, the block
 // loop enqueued on two streams (dense work on `main_`, each memory layer's steps 1–10 forked on
 // `mem_` right after its input block and joined before its output block's sum), and CUDA graphs
-// of decode steps keyed by batch size. Decode steps of at most 8 tokens run the persistent decode
-// kernel (decode_kernel.cuh: the dense phases of many blocks in one launch, cut at the memory
-// layers' fork and join points; UM_CUDA_DECODE_KERNEL=0 turns it off). Other steps of a few
-// tokens use the fused kernels (RMSNorm in the GEMV prologue, SwiGLU in the gate/up epilogue,
+// of decode steps keyed by batch size. With UM_CUDA_DECODE_KERNEL=1, decode steps of at most 8
+// tokens run the persistent decode kernel (decode_kernel.cuh: the dense phases of many blocks in
+// one launch, cut at the memory layers' fork and join points; an experiment, slower on the H200
+// so far). Otherwise steps of one token use the fused kernels (RMSNorm in the GEMV prologue, SwiGLU in the gate/up epilogue,
 // RoPE + K/V append + split merge in the attention kernel) launched with programmatic dependent
 // launch; wider steps use cuBLAS.
 #include "compute_node/cuda/cuda_engine.h"
@@ -692,8 +692,9 @@ absl::Status CudaEngine::BuildDecodePhases() {
 
 bool CudaEngine::UseDecodeKernel(int T, bool decode) const {
   if (!decode || T > kMaxDecodeKernelTokens || host_phases_.empty()) return false;
+  // Off unless asked for: on the H200 it is slower than the per-op kernels (RESULTS.md).
   const char* env = std::getenv("UM_CUDA_DECODE_KERNEL");
-  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  if (env == nullptr || std::strcmp(env, "1") != 0) return false;
   return DecodeKernelSupports(T, cfg_.head_dim, cfg_.num_attention_heads, cfg_.num_key_value_heads,
                               host_phases_.data(), static_cast<int>(host_phases_.size()));
 }

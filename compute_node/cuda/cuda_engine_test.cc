@@ -215,15 +215,16 @@ TEST_F(CudaDenseEngineTest, LogitsMatchCpu) {
   EXPECT_LE(e.worst, 1e-2);
 }
 
-// The persistent decode kernel (decode steps of at most 8 tokens) against the per-op kernels on
-// the same engine: the same products in another summation order, so only rounding differs.
+// The persistent decode kernel (UM_CUDA_DECODE_KERNEL=1, decode steps of at most 8 tokens) against
+// the per-op kernels on the same engine: the same products in another summation order (the GEMV
+// at 1 token: the same order), so only rounding differs.
 TEST_F(CudaDenseEngineTest, DecodeKernelMatchesPerOpKernels) {
   for (int batch : {1, 2, 3, 8}) {
     const uint64_t seed = std::random_device{}();
-    setenv("UM_CUDA_DECODE_KERNEL", "0", 1);
     Trace off = RunTrace(gpu_->engine.get(), batch, 20, 6, seed);
-    unsetenv("UM_CUDA_DECODE_KERNEL");
+    setenv("UM_CUDA_DECODE_KERNEL", "1", 1);
     Trace on = RunTrace(gpu_->engine.get(), batch, 20, 6, seed);
+    unsetenv("UM_CUDA_DECODE_KERNEL");
     const Errors e = CompareLogits(on, off, 512);
     std::printf("decode kernel vs per-op kernels, batch %d: logit row rel err mean %.3g worst %.3g\n",
                 batch, e.mean, e.worst);
@@ -233,10 +234,10 @@ TEST_F(CudaDenseEngineTest, DecodeKernelMatchesPerOpKernels) {
 
 TEST_F(CudaEngineTest, DecodeKernelMatchesPerOpKernelsWithMemoryLayers) {
   const uint64_t seed = std::random_device{}();
-  setenv("UM_CUDA_DECODE_KERNEL", "0", 1);
   Trace off = RunTrace(gpu_->engine.get(), 4, 12, 10, seed);
-  unsetenv("UM_CUDA_DECODE_KERNEL");
+  setenv("UM_CUDA_DECODE_KERNEL", "1", 1);
   Trace on = RunTrace(gpu_->engine.get(), 4, 12, 10, seed);
+  unsetenv("UM_CUDA_DECODE_KERNEL");
   const Errors e = CompareLogits(on, off, 512);
   const double agree = SelectionAgreement(on.selections, off.selections, 16);
   std::printf("decode kernel vs per-op kernels, memory model: mean %.3g worst %.3g, selections %.4f\n",

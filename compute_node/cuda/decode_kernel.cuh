@@ -12,6 +12,13 @@
 // The engine cuts the phase list at the memory layers' fork and join points (the memory layer
 // reads u_b after block b's gate/up phase; its output joins before the value projection) and runs
 // the memory layers' own kernels on the side stream between launches, as before.
+//
+// An experiment, off unless UM_CUDA_DECODE_KERNEL=1: on the H200 (2026-11-28, bench/RESULTS.md)
+// a 1-token step of the 1024/2816 dense model took 457 us against 309 us for the per-op kernels.
+// Its trace (UM_CUDA_DECODE_TRACE=1) puts each of the 60 phases at ~1.5-2 us of grid barrier,
+// ~1-2 us of staging the input through L2 and ~2-5 us of products with 8 consumer warps per SM
+// (the register budget of one 288-thread block), where the per-op GEMV hides latency with 32
+// warps per SM. Fewer phases or more warps would have to come first.
 #pragma once
 
 #include <cuda_bf16.h>
