@@ -195,6 +195,10 @@ class CudaEngine : public Engine {
   absl::Status BuildDecodePhases();
   bool UseDecodeKernel(int tokens, bool decode) const;
   void PrintDecodeTrace();
+  // UM_CUDA_PROFILE=1: one more eager step after ReplayLastStep's, with an event after every op on
+  // each stream; PrintOpProfile sums the gaps by op (serialized: no PDL overlap across events).
+  void Mark(const char* op, cudaStream_t stream);
+  void PrintOpProfile();
   void ClearGraphs();
 
   std::shared_ptr<const ModelWeights> w_;
@@ -241,6 +245,9 @@ class CudaEngine : public Engine {
   DeviceBuffer<long long> decode_trace_;  // UM_CUDA_DECODE_TRACE=1: block 0's phase timestamps
 
   std::map<int, Graph> graphs_;  // decode steps by batch size (· 2, + 1 on the decode kernel)
+  bool profiling_ = false;
+  std::vector<cudaEvent_t> profile_events_;
+  std::vector<std::pair<const char*, cudaEvent_t>> marks_main_, marks_mem_;
   int last_tokens_ = 0, last_rows_ = 0;
   bool last_decode_ = false, last_graph_ = false;
 };
@@ -251,6 +258,7 @@ CudaEngine::~CudaEngine() {
     if (m.fork) cudaEventDestroy(m.fork);
     if (m.join) cudaEventDestroy(m.join);
   }
+  for (cudaEvent_t e : profile_events_) cudaEventDestroy(e);
   if (start_) cudaEventDestroy(start_);
   if (stop_) cudaEventDestroy(stop_);
   if (blas_main_) cublasDestroy(blas_main_);
@@ -416,7 +424,9 @@ absl::Status CudaEngine::EnqueueMemoryQuery(int j, int T, cudaStream_t stream,
   DeviceMemoryLayer& d = mem_layers_[j];
   UM_RETURN_IF_ERROR(MatMulBf16(blas, stream, mem_layers_[d.u_owner].u.get(), T, d.query_proj.get(), 2 * mc.key_dim,
                               cfg_.hidden_size, d.q.get(), false));
+  Mark("mem.query_proj", stream);
   LaunchQueryNorm(d.q.get(), d.query_norm.get(), T, mc.key_dim, mc.norm_eps, d.qn.get(), stream);
+  Mark("mem.query_norm", stream);
   const int key_rows = static_cast<int>(mc.NumKeys() * mc.tucker_rank);
   if (T <= kMaxGemvTokens) {
     LaunchKeyScores(d.qn.get(), d.keys_hat.get(), T, mc.heads, key_rows, mc.key_dim,
@@ -425,6 +435,7 @@ absl::Status CudaEngine::EnqueueMemoryQuery(int j, int T, cudaStream_t stream,
     UM_RETURN_IF_ERROR(KeyScoresGemm(blas, d.qn.get(), d.keys_f32.get(), T, mc.heads, key_rows,
                                      mc.key_dim, d.scores.get()));
   }
+  Mark("mem.key_scores", stream);
   TopMShape shape;
   shape.tokens = T;
   shape.heads = mc.heads;
@@ -437,11 +448,13 @@ absl::Status CudaEngine::EnqueueMemoryQuery(int j, int T, cudaStream_t stream,
                    d.shuffle.get(), d.rows.get(), d.groups.get(), d.sel_scores.get(),
                    d.t_index.get(), stream);
   CUDA_CHECK(cudaGetLastError());
+  Mark("mem.top_m", stream);
   if (device_pool_) {
     LaunchDevicePool(d.values.get(), d.rows.get(), d.groups.get(), d.sel_scores.get(), T,
                      mc.SelectionsPerToken(), mc.value_expand, mc.value_dim, mc.tucker_cores,
                      d.y.get(), stream);
     CUDA_CHECK(cudaGetLastError());
+    Mark("mem.pool", stream);
   }
   return absl::OkStatus();
 }
@@ -463,7 +476,9 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
   std::vector<std::unique_ptr<PendingPool>> pending(J);
   absl::Status status;
 
+  Mark("start", main_);
   LaunchEmbed(embed_.get(), ids_.get(), T, D, x_.get(), main_);
+  Mark("embed", main_);
   for (int b = 0; b < cfg_.num_layers && status.ok(); ++b) {
     DeviceBlock& bw = blocks_[b];
     if (skinny) {
@@ -480,13 +495,17 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
     } else {
       LaunchRmsNorm(x_.get(), bw.attn_norm.get(), T, D, cfg_.rms_norm_eps, nullptr, xn_.get(),
                     nullptr, main_);
+      Mark("attn_norm", main_);
       UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, xn_.get(), T, bw.wqkv.get(), qkv_width, D, qkv_.get(), false));
     }
+    Mark("qkv", main_);
     if (!decode) LaunchRopeAndCache(qkv_.get(), kv_.get(), rope_.get(), T, nh, nkv, hd, b, main_);
     LaunchAttention(qkv_.get(), kv_.get(), decode ? rope_.get() : nullptr, T, nh, nkv, hd, b,
                     splits, attn_scratch_.get(), attn_counters_.get(), attn_.get(), main_);
     CUDA_CHECK(cudaGetLastError());
+    Mark("attention", main_);
     UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, attn_.get(), T, bw.wo.get(), D, nh * hd, x_.get(), true));
+    Mark("wo", main_);
 
     // u_b (the memory layers reading block b share one copy), then the gate/up product.
     int first_reader = -1;
@@ -513,6 +532,7 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
     } else {
       LaunchRmsNorm(x_.get(), bw.ffn_norm.get(), T, D, cfg_.rms_norm_eps, nullptr, xn_.get(), u,
                     main_);
+      Mark("ffn_norm", main_);
       if (mma) {
         GemvArgs gu;
         gu.tokens = T;
@@ -525,24 +545,30 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
         LaunchGemmMma(gu, main_);
       } else {
         UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, xn_.get(), T, bw.w_gate_up.get(), 2 * F, D, gate_up_.get(), false));
+        Mark("gate_up", main_);
         LaunchSwiGlu(gate_up_.get(), T, F, act_.get(), main_);
+        Mark("swiglu", main_);
       }
     }
+    if (skinny || mma) Mark("gate_up", main_);
     CUDA_CHECK(cudaGetLastError());
     for (int j = first_reader; j >= 0 && j < J; ++j) {
       if (mem_layers_[j].input_block == b) UM_RETURN_IF_ERROR(ForkMemoryLayer(j, T, &pending));
     }
 
     UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, act_.get(), T, bw.w_down.get(), D, F, x_.get(), true));
+    Mark("down", main_);
 
     for (int j = 0; j < J && status.ok(); ++j) {
       DeviceMemoryLayer& d = mem_layers_[j];
       if (d.output_block != b) continue;
       status = JoinMemoryLayer(j, T, &pending);
       if (!status.ok()) break;
+      Mark("memory_join_wait", main_);
       const MemoryConfig& mc = *cfg_.memory;
       UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, d.y.get(), T, d.values_proj.get(), D,
                                     mc.value_expand * mc.value_dim, x_.get(), true));
+      Mark("values_proj", main_);
     }
   }
   for (auto& p : pending) {
@@ -558,6 +584,7 @@ absl::Status CudaEngine::ForkMemoryLayer(int j, int T,
   if (device_pool_) {
     CUDA_CHECK(cudaEventRecord(d.fork, main_));
     CUDA_CHECK(cudaStreamWaitEvent(mem_, d.fork, 0));
+    Mark("fork", mem_);
     UM_RETURN_IF_ERROR(EnqueueMemoryQuery(j, T, mem_, blas_mem_));
     CUDA_CHECK(cudaEventRecord(d.join, mem_));
     return absl::OkStatus();
@@ -621,12 +648,14 @@ absl::Status CudaEngine::EnqueueLogits(int R) {
     lm.y = logits_.get();
     LaunchGemv(lm, main_);
     CUDA_CHECK(cudaGetLastError());
+    Mark("lm_head", main_);
     return absl::OkStatus();
   }
   LaunchRmsNorm(x_.get(), final_norm_.get(), R, D, cfg_.rms_norm_eps, out_rows_.get(),
                 final_xn_.get(), nullptr, main_);
   CUDA_CHECK(cudaGetLastError());
   UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, final_xn_.get(), R, head, cfg_.vocab_size, D, logits_.get(), false));
+  Mark("lm_head", main_);
   return absl::OkStatus();
 }
 
@@ -867,7 +896,59 @@ absl::StatusOr<double> CudaEngine::ReplayLastStep(int iterations, bool graph) {
   float ms = 0.0f;
   CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
   if (decode_trace_.size() > 0 && UseDecodeKernel(last_tokens_, last_decode_)) PrintDecodeTrace();
+  const char* profile = std::getenv("UM_CUDA_PROFILE");
+  if (!graph && profile != nullptr && std::strcmp(profile, "1") == 0 && !UseDecodeKernel(last_tokens_, last_decode_)) {
+    profiling_ = true;
+    marks_main_.clear();
+    marks_mem_.clear();
+    const absl::Status st = EnqueueStep(last_tokens_, last_rows_, last_decode_, false);
+    profiling_ = false;
+    UM_RETURN_IF_ERROR(st);
+    CUDA_CHECK(cudaStreamSynchronize(main_));
+    PrintOpProfile();
+  }
   return 1000.0 * ms / iterations;
+}
+
+void CudaEngine::Mark(const char* op, cudaStream_t stream) {
+  if (!profiling_) return;
+  auto& marks = stream == main_ ? marks_main_ : marks_mem_;
+  const size_t used = marks_main_.size() + marks_mem_.size();
+  if (used == profile_events_.size()) {
+    cudaEvent_t e = nullptr;
+    if (cudaEventCreate(&e) != cudaSuccess) return;
+    profile_events_.push_back(e);
+  }
+  cudaEvent_t e = profile_events_[used];
+  if (cudaEventRecord(e, stream) != cudaSuccess) return;
+  marks.emplace_back(op, e);
+}
+
+// Device time between consecutive events of each stream, summed by the op that ended there
+// ("start" and "fork" only open a stretch). Printed to stderr, largest first.
+void CudaEngine::PrintOpProfile() {
+  std::map<std::string, std::pair<double, int>> by_op;
+  double total_main = 0;
+  for (auto* marks : {&marks_main_, &marks_mem_}) {
+    for (size_t i = 1; i < marks->size(); ++i) {
+      const std::string op = (*marks)[i].first;
+      if (op == "fork") continue;
+      float ms = 0;
+      if (cudaEventElapsedTime(&ms, (*marks)[i - 1].second, (*marks)[i].second) != cudaSuccess) continue;
+      auto& [us, n] = by_op[op];
+      us += 1000.0 * ms;
+      ++n;
+      if (marks == &marks_main_) total_main += 1000.0 * ms;
+    }
+  }
+  std::vector<std::pair<double, std::string>> rows;
+  for (const auto& [op, v] : by_op) rows.emplace_back(v.first, op);
+  std::sort(rows.rbegin(), rows.rend());
+  std::fprintf(stderr, "op profile (one eager step, %d tokens, events between ops): main stream %.1f us\n",
+               last_tokens_, total_main);
+  for (const auto& [us, op] : rows) {
+    std::fprintf(stderr, "  %-18s %9.1f us %4d x %7.2f us\n", op.c_str(), us, by_op[op].second, us / by_op[op].second);
+  }
 }
 
 // Block 0's view of the last step's decode-kernel phases (UM_CUDA_DECODE_TRACE=1), by kind:
