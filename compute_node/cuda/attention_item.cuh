@@ -90,13 +90,7 @@ __device__ __forceinline__ void AttentionItem(AttentionItemSmem<kHD, kG>& sm, co
 #pragma unroll
     for (int c = 0; c < kHD / 8; ++c) kraw[c] = krow[c];
     have_kfirst = true;
-  }
-  // Every K and V row of the split asked of L2 now (one 16-byte-aligned row each; the first K row
-  // of this thread is already on its way to registers): the tiles after the first then wait on
-  // L2, not DRAM. Safe before wait(): L2 is the point of coherence, a later write lands there.
-  for (int p = p0 + tid; p < p1; p += kTile) {
-    if (p != p0 + tid || !have_kfirst) PrefetchL2(kbase + static_cast<int64_t>(p) * width, kHD * 2);
-    PrefetchL2(vbase + static_cast<int64_t>(p) * width, kHD * 2);
+    PrefetchL2(vbase + static_cast<int64_t>(p0 + tid) * width, kHD * 2);
   }
   wait();
 
