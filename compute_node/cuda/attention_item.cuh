@@ -142,13 +142,8 @@ __device__ __forceinline__ void AttentionItem(AttentionItemSmem<kHD, kG>& sm, co
   sync();
 
   for (int tile = p0; tile < p1; tile += kTile) {
-    // Scores of this thread's position for every query head of the group. Its V row (wanted after
-    // the softmax) and the next tile's K row are asked of L2 first: one tile ahead at most, so
-    // the resident blocks' prefetches fit in L2 at any batch.
+    // Scores of this thread's position for every query head of the group.
     const int p = tile + tid;
-    const bool v_asked = fused && tile == p0 && p != pos;  // before wait(), above
-    if (!v_asked && p < p1) PrefetchL2(vbase + static_cast<int64_t>(p) * width, kHD * 2);
-    if (p + kTile < p1) PrefetchL2(kbase + static_cast<int64_t>(p + kTile) * width, kHD * 2);
     if (p < p1) {
       float s[kG];
 #pragma unroll
