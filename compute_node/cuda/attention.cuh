@@ -36,17 +36,6 @@ inline long long AttentionCounterInts(int tokens, int num_kv_heads) {
   return static_cast<long long>(tokens) * num_kv_heads;
 }
 
-// Decode steps of many tokens (every token from its own sequence, rope given): the wide kernel,
-// one warp per (token, kv head, split) with the whole 32-position chunk of each lane in flight at
-// once, then a merge kernel. `splits` from WideAttentionSplits (a multiple of 4, at most
-// kMaxWideAttentionSplits); scratch as AttentionScratchFloats(tokens, n_h, hd, splits).
-inline constexpr int kMaxWideAttentionSplits = 16;
-int WideAttentionSplits(int tokens, int num_kv_heads, int sm_count);
-bool WideAttentionSupports(int head_dim, int group);
-void LaunchAttentionWide(float* qkv, const TokenKv* kv, const float2* rope, int tokens, int num_heads,
-                         int num_kv_heads, int head_dim, int layer, int splits, float* scratch,
-                         __nv_bfloat16* out, cudaStream_t stream);
-
 // qkv: [tokens, (n_h + 2 n_kv)·hd] fp32; rope: null, or [max_positions, hd/2] (cos, sin) pairs;
 // out: [tokens, n_h·hd] bf16.
 void LaunchAttention(float* qkv, const TokenKv* kv, const float2* rope, int tokens, int num_heads,

@@ -18,7 +18,6 @@
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
-#include <limits>
 #include <map>
 #include <vector>
 
@@ -55,15 +54,6 @@ absl::Status UploadBf16(const std::vector<float>& host, DeviceBuffer<bf16>* out)
   CUDA_CHECK(cudaMemcpy(out->get(), converted.data(), host.size() * sizeof(uint16_t),
                         cudaMemcpyHostToDevice));
   return absl::OkStatus();
-}
-
-int WideAttentionMinTokens() {
-  static const int tokens = [] {
-    const char* v = std::getenv("UM_CUDA_WIDE_ATTENTION_MIN_TOKENS");
-    const int n = v != nullptr ? std::atoi(v) : 17;
-    return n <= 0 ? std::numeric_limits<int>::max() : n;
-  }();
-  return tokens;
 }
 
 absl::Status UploadF32(const std::vector<float>& host, DeviceBuffer<float>* out) {
@@ -389,8 +379,6 @@ absl::Status CudaEngine::EnsureCapacity(int tokens, int rows) {
     scratch = std::max(scratch, AttentionScratchFloats(t, cfg_.num_attention_heads, cfg_.head_dim, s));
   }
   scratch = std::max(scratch, AttentionScratchFloats(T, cfg_.num_attention_heads, cfg_.head_dim, splits));
-  scratch = std::max(scratch, AttentionScratchFloats(T, cfg_.num_attention_heads, cfg_.head_dim,
-                                                     kMaxWideAttentionSplits));
   UM_RETURN_IF_ERROR(attn_scratch_.Reserve(static_cast<size_t>(scratch)));
   UM_RETURN_IF_ERROR(attn_counters_.Reserve(AttentionCounterInts(T, cfg_.num_key_value_heads)));
   CUDA_CHECK(cudaMemsetAsync(attn_counters_.get(), 0, sizeof(int32_t) * attn_counters_.size(), main_));
@@ -485,10 +473,6 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
   // Programmatic dependent launch pays where our kernels follow each other; around cuBLAS's
   // GEMMs (wider steps) it measured a few percent slower (H200, batch 64: 954 against 912 us).
   ScopedPdl pdl(T <= kMmaPreferredMaxTokens);
-  // Decode steps of many tokens: the wide attention kernel (UM_CUDA_WIDE_ATTENTION_MIN_TOKENS, 0
-  // for never).
-  const bool wide_attention = decode && T >= WideAttentionMinTokens() && WideAttentionSupports(hd, nh / nkv);
-  const int wide_splits = WideAttentionSplits(T, nkv, sm_count_);
   std::vector<std::unique_ptr<PendingPool>> pending(J);
   absl::Status status;
 
@@ -516,13 +500,8 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
     }
     Mark("qkv", main_);
     if (!decode) LaunchRopeAndCache(qkv_.get(), kv_.get(), rope_.get(), T, nh, nkv, hd, b, main_);
-    if (wide_attention) {
-      LaunchAttentionWide(qkv_.get(), kv_.get(), rope_.get(), T, nh, nkv, hd, b, wide_splits,
-                          attn_scratch_.get(), attn_.get(), main_);
-    } else {
-      LaunchAttention(qkv_.get(), kv_.get(), decode ? rope_.get() : nullptr, T, nh, nkv, hd, b,
-                      splits, attn_scratch_.get(), attn_counters_.get(), attn_.get(), main_);
-    }
+    LaunchAttention(qkv_.get(), kv_.get(), decode ? rope_.get() : nullptr, T, nh, nkv, hd, b,
+                    splits, attn_scratch_.get(), attn_counters_.get(), attn_.get(), main_);
     CUDA_CHECK(cudaGetLastError());
     Mark("attention", main_);
     UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, attn_.get(), T, bw.wo.get(), D, nh * hd, x_.get(), true));

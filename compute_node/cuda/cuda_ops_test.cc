@@ -346,20 +346,8 @@ void RunRopeAndAttention(int nh, int nkv, int hd) {
   DeviceBuffer<int> counters;
   ASSERT_OK(counters.Reserve(AttentionCounterInts(T, nkv)));
   ASSERT_EQ(cudaMemset(counters.get(), 0, counters.size() * sizeof(int)), cudaSuccess);
-  // Decode path: the attention kernel rotates q and k and appends K/V itself (qkv unrotated); the
-  // fast kernel at 1/3/16 splits, the wide kernel (many-token decode steps) at 4/16.
-  for (auto [wide, splits] : {std::pair{false, 1}, std::pair{false, 3}, std::pair{false, 16},
-                              std::pair{true, 4}, std::pair{true, 16}}) {
-    if (wide && !WideAttentionSupports(hd, nh / nkv)) continue;
-    SCOPED_TRACE(wide ? "wide kernel" : "fast or generic kernel");
-    auto launch = [&](float* q, float* scratch, bf16* out) {
-      if (wide) {
-        LaunchAttentionWide(q, dkv.get(), drope.get(), T, nh, nkv, hd, layer, splits, scratch, out, nullptr);
-      } else {
-        LaunchAttention(q, dkv.get(), drope.get(), T, nh, nkv, hd, layer, splits, scratch, counters.get(), out,
-                        nullptr);
-      }
-    };
+  // Decode path: the attention kernel rotates q and k and appends K/V itself (qkv unrotated).
+  for (int splits : {1, 3, 16}) {
     auto dqkv = Up(qkv);
     for (int s = 0; s < T; ++s) {
       // The history again, the new positions poisoned: the kernel must write them.
@@ -376,7 +364,8 @@ void RunRopeAndAttention(int nh, int nkv, int hd) {
     ASSERT_OK(scratch.Reserve(AttentionScratchFloats(T, nh, hd, splits)));
     ASSERT_OK(out.Reserve(T * nh * hd));
     Poison(out);
-    launch(dqkv.get(), scratch.get(), out.get());
+    LaunchAttention(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, splits, scratch.get(),
+                    counters.get(), out.get(), nullptr);
     ASSERT_EQ(cudaGetLastError(), cudaSuccess);
     EXPECT_LE(RelErr(DownBf16(out, T * nh * hd), want), 1e-2) << "fused, splits " << splits;
     for (int s = 0; s < T; ++s) {  // the appended K/V equal the CPU's bf16-rounded rows
@@ -391,7 +380,8 @@ void RunRopeAndAttention(int nh, int nkv, int hd) {
     // Twice more: the arrival counters are left at zero for the next call.
     for (int again = 0; again < 2; ++again) {
       dqkv = Up(qkv);  // the generic kernels rotate q in place
-      launch(dqkv.get(), scratch.get(), out.get());
+      LaunchAttention(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, splits,
+                      scratch.get(), counters.get(), out.get(), nullptr);
     }
     EXPECT_LE(RelErr(DownBf16(out, T * nh * hd), want), 1e-2) << "fused again, splits " << splits;
   }
