@@ -786,9 +786,6 @@ absl::Status CudaEngine::EnqueueStep(int T, int R, bool decode, bool graph) {
   const int key = 2 * T + (kernel ? 1 : 0);
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
-    // One eager run first (a decode step is idempotent: the same K/V rewritten at the same
-    // positions), so that cuBLAS products are tuned before the graph fixes their algorithms.
-    UM_RETURN_IF_ERROR(enqueue());
     CUDA_CHECK(cudaStreamBeginCapture(main_, cudaStreamCaptureModeThreadLocal));
     absl::Status captured = enqueue();
     cudaGraph_t g = nullptr;

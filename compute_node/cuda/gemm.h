@@ -12,8 +12,7 @@
 namespace ultramem::cuda {
 
 // y[tokens, out_dim] = x[tokens, in_dim] · W[out_dim, in_dim]ᵀ  (+ y when accumulate).
-// Row-major throughout; runs on the handle's stream. Through cuBLASLt with the algorithm timed
-// on first eager use of each shape (UM_CUDA_GEMM_TUNE=0: cublasGemmEx's default choice).
+// Row-major throughout; runs on the handle's stream.
 absl::Status GemmBf16(cublasHandle_t handle, const __nv_bfloat16* x, int64_t tokens,
                       const __nv_bfloat16* w, int64_t out_dim, int64_t in_dim, float* y,
                       bool accumulate);
