@@ -10,14 +10,7 @@ namespace ultramem::cuda {
 
 static constexpr int kWarps = 8;
 static constexpr int kThreads = kWarps * 32;
-// Resident blocks per SM the grid is sized for (UM_CUDA_GEMV_BLOCKS_PER_SM, 1..4; default 4).
-static int BlocksPerSm() {
-  static const int n = [] {
-    const char* v = std::getenv("UM_CUDA_GEMV_BLOCKS_PER_SM");
-    return v == nullptr ? 4 : std::clamp(std::atoi(v), 1, 4);
-  }();
-  return n;
-}
+static constexpr int kBlocksPerSm = 4;
 
 struct GemvParams {
   GemvArgs a;
@@ -208,7 +201,7 @@ static void LaunchT(const GemvArgs& a, cudaStream_t stream) {
   } else {
     p.units = kRows == 1 ? a.out_dim : (a.out_dim + 1) / 2;
   }
-  const int blocks = std::max(1, std::min((p.units + kWarps - 1) / kWarps, SmCount() * BlocksPerSm()));
+  const int blocks = std::max(1, std::min((p.units + kWarps - 1) / kWarps, SmCount() * kBlocksPerSm));
   size_t smem = 0;
   if (kNorm) {
     smem = static_cast<size_t>(kT) * a.in_dim * sizeof(__nv_bfloat16);
