@@ -16,6 +16,7 @@
 #include <algorithm>
 
 #include "compute_node/cuda/attention_item.cuh"
+#include "compute_node/cuda/bf16_dot.cuh"
 #include "compute_node/cuda/launch.cuh"
 
 namespace ultramem::cuda {
@@ -95,20 +96,6 @@ __device__ __forceinline__ void GridSync(unsigned long long* bar) {
     } while (now < target);
   }
   ConsumerSync();
-}
-
-__device__ __forceinline__ float Dot8(const uint4& a, const uint4& b) {
-  const __nv_bfloat162* pa = reinterpret_cast<const __nv_bfloat162*>(&a);
-  const __nv_bfloat162* pb = reinterpret_cast<const __nv_bfloat162*>(&b);
-  float s = 0.0f;
-#pragma unroll
-  for (int u = 0; u < 4; ++u) {
-    const float2 fa = __bfloat1622float2(pa[u]);
-    const float2 fb = __bfloat1622float2(pb[u]);
-    s = fmaf(fa.x, fb.x, s);
-    s = fmaf(fa.y, fb.y, s);
-  }
-  return s;
 }
 
 __device__ __forceinline__ long long Now() {

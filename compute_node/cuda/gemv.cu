@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "compute_node/cuda/bf16_dot.cuh"
 #include "compute_node/cuda/launch.cuh"
 
 namespace ultramem::cuda {
@@ -16,20 +17,6 @@ struct GemvParams {
   GemvArgs a;
   int units;  // warp work items: rows, or row pairs
 };
-
-static __device__ __forceinline__ float Dot8(const uint4& a, const uint4& b) {
-  const __nv_bfloat162* pa = reinterpret_cast<const __nv_bfloat162*>(&a);
-  const __nv_bfloat162* pb = reinterpret_cast<const __nv_bfloat162*>(&b);
-  float s = 0.0f;
-#pragma unroll
-  for (int u = 0; u < 4; ++u) {
-    const float2 fa = __bfloat1622float2(pa[u]);
-    const float2 fb = __bfloat1622float2(pb[u]);
-    s = fmaf(fa.x, fb.x, s);
-    s = fmaf(fa.y, fb.y, s);
-  }
-  return s;
-}
 
 static __device__ __forceinline__ uint4 LoadStream(const uint4* p) {
   uint4 v;
