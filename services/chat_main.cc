@@ -60,7 +60,7 @@ bool Turn(ultramem::services::ChatSession& session, const std::string& text) {
     if (printed) std::printf("\n");
     std::fflush(stdout);
     std::fprintf(stderr, "error: %s: %s\n",
-                 ultramem::services::StatusCodeName(turn.status().code()),
+                 ultramem::services::StatusCodeName(turn.status().code()).c_str(),
                  std::string(turn.status().message()).c_str());
     return false;
   }

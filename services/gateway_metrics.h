@@ -49,6 +49,6 @@ class GatewayMetrics {
 };
 
 // "OK", "INVALID_ARGUMENT", ... for a gRPC/absl code; "UNKNOWN" outside the known set.
-const char* StatusCodeName(absl::StatusCode code);
+std::string StatusCodeName(absl::StatusCode code);
 
 }  // namespace ultramem::services

@@ -2,43 +2,26 @@
 #include "compute_node/serving/serving_metrics.h"
 
 #include "absl/status/status.h"
+#include "common/prometheus_util.h"
 
 namespace ultramem {
-namespace {
-
-using prometheus::Histogram;
-
-Histogram& BuildHist(prometheus::Registry& r, const std::string& name, const std::string& help,
-                     const Histogram::BucketBoundaries& buckets) {
-  return prometheus::BuildHistogram().Name(name).Help(help).Register(r).Add({}, buckets);
-}
-prometheus::Gauge& BuildGauge(prometheus::Registry& r, const std::string& name, const std::string& help) {
-  return prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
-}
-prometheus::Counter& BuildCounter(prometheus::Registry& r, const std::string& name, const std::string& help) {
-  return prometheus::BuildCounter().Name(name).Help(help).Register(r).Add({});
-}
-
-}  // namespace
 
 ServingMetrics::ServingMetrics(prometheus::Registry& r)
-    : ttft_(BuildHist(r, "ultramem_time_to_first_token_seconds", "Time from request arrival to its first token",
+    : ttft_(AddHistogram(r, "ultramem_time_to_first_token_seconds", "Time from request arrival to its first token",
                       {0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10})),
-      itl_(BuildHist(r, "ultramem_inter_token_latency_seconds", "Time between consecutive tokens of a request",
+      itl_(AddHistogram(r, "ultramem_inter_token_latency_seconds", "Time between consecutive tokens of a request",
                      {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1})),
-      e2e_(BuildHist(r, "ultramem_e2e_request_latency_seconds", "Time from request arrival to its last token",
+      e2e_(AddHistogram(r, "ultramem_e2e_request_latency_seconds", "Time from request arrival to its last token",
                      {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120})),
-      running_(BuildGauge(r, "ultramem_requests_running", "Requests in the running batch")),
-      waiting_(BuildGauge(r, "ultramem_requests_waiting", "Requests queued for a slot")),
-      kv_usage_(BuildGauge(r, "ultramem_kv_cache_usage_ratio",
+      running_(AddGauge(r, "ultramem_requests_running", "Requests in the running batch")),
+      waiting_(AddGauge(r, "ultramem_requests_waiting", "Requests queued for a slot")),
+      kv_usage_(AddGauge(r, "ultramem_kv_cache_usage_ratio",
                            "KV cache held by running requests over what max_running full-context requests need")),
-      kv_bytes_(BuildGauge(r, "ultramem_kv_cache_bytes", "KV cache bytes held by running requests")),
-      prompt_tokens_(BuildCounter(r, "ultramem_prompt_tokens_total", "Prompt tokens prefilled")),
-      generation_tokens_(BuildCounter(r, "ultramem_generation_tokens_total", "Tokens generated")),
-      finished_(prometheus::BuildCounter().Name("ultramem_requests_finished_total")
-                    .Help("Requests finished, by finish reason").Register(r)),
-      errors_(prometheus::BuildCounter().Name("ultramem_request_errors_total")
-                  .Help("Requests refused or failed, by gRPC status code").Register(r)) {}
+      kv_bytes_(AddGauge(r, "ultramem_kv_cache_bytes", "KV cache bytes held by running requests")),
+      prompt_tokens_(AddCounter(r, "ultramem_prompt_tokens_total", "Prompt tokens prefilled")),
+      generation_tokens_(AddCounter(r, "ultramem_generation_tokens_total", "Tokens generated")),
+      finished_(AddCounterFamily(r, "ultramem_requests_finished_total", "Requests finished, by finish reason")),
+      errors_(AddCounterFamily(r, "ultramem_request_errors_total", "Requests refused or failed, by gRPC status code")) {}
 
 void ServingMetrics::RequestStarted(int prompt_tokens) { prompt_tokens_.Increment(prompt_tokens); }
 void ServingMetrics::FirstToken(double s) {
