@@ -679,7 +679,7 @@ absl::Status CudaEngine::BuildDecodePhases() {
     DeviceBlock& bw = blocks_[b];
     add(DecodePhaseKind::kQkv, bw.wqkv.get(), (nh + 2 * nkv) * hd, D).norm_weight = bw.attn_norm.get();
     add(DecodePhaseKind::kAttention, nullptr, 0, 0).layer = b;
-    add(DecodePhaseKind::kWo, bw.wo.get(), D, nh * hd).x = attn_.get();
+    add(DecodePhaseKind::kWo, bw.wo.get(), D, nh * hd);  // input: the attention partials
     DecodePhase& gu = add(DecodePhaseKind::kGateUp, bw.w_gate_up.get(), F, D);
     gu.norm_weight = bw.ffn_norm.get();
     for (int j = 0; j < J; ++j) {
@@ -748,8 +748,6 @@ absl::Status CudaEngine::EnqueueDecodeKernel(int T, int R) {
   a.splits = DecodeKernelSplits(T, cfg_.num_attention_heads, cfg_.num_key_value_heads, decode_grid_,
                                 AttentionSplits(T, cfg_.num_key_value_heads, sm_count_, cfg_.max_position_embeddings));
   a.scratch = attn_scratch_.get();
-  a.counters = attn_counters_.get();
-  a.attn = attn_.get();
   a.barrier = grid_barrier_.get();
   a.grid = decode_grid_;
   a.trace = decode_trace_.size() > 0 ? decode_trace_.get() : nullptr;

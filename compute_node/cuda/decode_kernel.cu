@@ -366,7 +366,7 @@ __device__ void AttentionPhase(const DecodeKernelArgs& a, int layer, unsigned ch
   const int group = threadIdx.x / kFastThreads, gtid = threadIdx.x % kFastThreads;
   auto* sm = reinterpret_cast<AttentionItemSmem<kHD, kG>*>(work + group * kGroupStride<kHD, kG>);
   const AttentionItemArgs args{a.qkv,     a.kv,      a.rope,     a.num_heads, a.num_kv_heads, layer,
-                               a.splits,  a.scratch, a.counters, a.attn,      true};
+                               a.splits,  a.scratch, nullptr,    nullptr,     true};
   const int per_token = a.num_kv_heads * a.splits;
   const int items = a.tokens * per_token;
   for (int i = blockIdx.x + gridDim.x * group; i < items; i += gridDim.x * kGroups) {

@@ -49,7 +49,7 @@ struct DecodePhase {
   int32_t in_dim = 0;
   const __nv_bfloat16* w = nullptr;
   const float* norm_weight = nullptr;   // qkv, gate/up: RMSNorm of the residual x is the input
-  const __nv_bfloat16* x = nullptr;     // wo, down, values_proj: the input [T, in_dim]
+  const __nv_bfloat16* x = nullptr;     // down, values_proj: the input [T, in_dim] (wo: merged from scratch)
   __nv_bfloat16* normed_out = nullptr;  // gate/up: the normalized x ([T, in_dim]), or null
 };
 
@@ -62,13 +62,12 @@ struct DecodeKernelArgs {
   float* x = nullptr;                   // [T, hidden] fp32 residual stream
   float* qkv = nullptr;                 // [T, (n_h + 2 n_kv)·hd] fp32
   __nv_bfloat16* act = nullptr;         // [T, F] SwiGLU output
-  // Attention (as LaunchAttention's decode path, rope given).
+  // Attention (as LaunchAttention's decode path, rope given), its splits' partials left in
+  // scratch ([t][head][split][hd + 2]) and merged while staging the wo phase's input.
   const TokenKv* kv = nullptr;
   const float2* rope = nullptr;
   int num_heads = 0, num_kv_heads = 0, head_dim = 0, splits = 1;  // DecodeKernelSplits
   float* scratch = nullptr;
-  int* counters = nullptr;
-  __nv_bfloat16* attn = nullptr;        // [T, n_h·hd]
   // Blocks, at most one per SM; the same for every launch sharing `barrier`. SMs left out stay
   // free for the side stream's memory-layer kernels (the kernel leaves them no registers).
   int grid = 0;
