@@ -189,6 +189,8 @@ class CudaEngine : public Engine {
   // the host RowPooler), and its join before the output block's value projection (y in d.y).
   absl::Status ForkMemoryLayer(int j, int tokens, std::vector<std::unique_ptr<PendingPool>>* pending);
   absl::Status JoinMemoryLayer(int j, int tokens, std::vector<std::unique_ptr<PendingPool>>* pending);
+  // A GEMV over RMSNorm(x_) rows (weights `norm_weight`): the caller sets the output fields.
+  GemvArgs NormedGemv(int tokens, int out_dim, const __nv_bfloat16* w, const float* norm_weight) const;
   // The final norm and lm_head for the `rows` output rows.
   absl::Status EnqueueLogits(int rows);
   // The decode kernel's phase list and cut points for the current buffers (EnsureCapacity).
@@ -482,14 +484,7 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
   for (int b = 0; b < cfg_.num_layers && status.ok(); ++b) {
     DeviceBlock& bw = blocks_[b];
     if (skinny) {
-      GemvArgs qkv;
-      qkv.tokens = T;
-      qkv.out_dim = qkv_width;
-      qkv.in_dim = D;
-      qkv.w = bw.wqkv.get();
-      qkv.x_f32 = x_.get();
-      qkv.norm_weight = bw.attn_norm.get();
-      qkv.eps = cfg_.rms_norm_eps;
+      GemvArgs qkv = NormedGemv(T, qkv_width, bw.wqkv.get(), bw.attn_norm.get());
       qkv.y = qkv_.get();
       LaunchGemv(qkv, main_);
     } else {
@@ -517,14 +512,7 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
     }
     bf16* u = first_reader >= 0 ? mem_layers_[first_reader].u.get() : nullptr;
     if (skinny) {
-      GemvArgs gu;
-      gu.tokens = T;
-      gu.out_dim = F;
-      gu.in_dim = D;
-      gu.w = bw.w_gate_up.get();
-      gu.x_f32 = x_.get();
-      gu.norm_weight = bw.ffn_norm.get();
-      gu.eps = cfg_.rms_norm_eps;
+      GemvArgs gu = NormedGemv(T, F, bw.w_gate_up.get(), bw.ffn_norm.get());
       gu.normed_out = u;
       gu.output = GemvOutput::kSwiGlu;
       gu.act = act_.get();
@@ -632,19 +620,24 @@ absl::Status CudaEngine::JoinMemoryLayer(int j, int T,
   return absl::OkStatus();
 }
 
+GemvArgs CudaEngine::NormedGemv(int tokens, int out_dim, const bf16* w, const float* norm_weight) const {
+  GemvArgs a;
+  a.tokens = tokens;
+  a.out_dim = out_dim;
+  a.in_dim = cfg_.hidden_size;
+  a.w = w;
+  a.x_f32 = x_.get();
+  a.norm_weight = norm_weight;
+  a.eps = cfg_.rms_norm_eps;
+  return a;
+}
+
 absl::Status CudaEngine::EnqueueLogits(int R) {
   const int D = cfg_.hidden_size;
   const bf16* head = lm_head_.size() > 0 ? lm_head_.get() : embed_.get();
   if (R <= GemvMaxTokens() && D % 8 == 0) {
-    GemvArgs lm;
-    lm.tokens = R;
-    lm.out_dim = cfg_.vocab_size;
-    lm.in_dim = D;
-    lm.w = head;
-    lm.x_f32 = x_.get();
+    GemvArgs lm = NormedGemv(R, cfg_.vocab_size, head, final_norm_.get());
     lm.rows = out_rows_.get();
-    lm.norm_weight = final_norm_.get();
-    lm.eps = cfg_.rms_norm_eps;
     lm.y = logits_.get();
     LaunchGemv(lm, main_);
     CUDA_CHECK(cudaGetLastError());
