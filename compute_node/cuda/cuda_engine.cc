@@ -1,12 +1,13 @@
-// Implementation of compute_node/cuda/cuda_engine.h: weights upload, per-step buffers, the block
-// loop enqueued on two streams (dense work on `main_`, each memory layer's steps 1–10 forked on
-// `mem_` right after its input block and joined before its output block's sum), and CUDA graphs
-// of decode steps keyed by batch size. With UM_CUDA_DECODE_KERNEL=1, decode steps of at most 8
-// tokens run the persistent decode kernel (decode_kernel.cuh: the dense phases of many blocks in
-// one launch, cut at the memory layers' fork and join points; an experiment, slower on the H200
-// so far). Otherwise steps of one token use the fused kernels (RMSNorm in the GEMV prologue, SwiGLU in the gate/up epilogue,
-// RoPE + K/V append + split merge in the attention kernel) launched with programmatic dependent
-// launch; wider steps use cuBLAS.
+// Implementation of compute_node/cuda/cuda_engine.h; the class is in cuda_engine_internal.h, the
+// persistent decode kernel's path in cuda_engine_decode_kernel.cc and the per-op profile in
+// cuda_engine_profile.cc. Here: weights upload, per-step buffers, the block loop enqueued on two
+// streams (dense work on `main_`, each memory layer's steps 1–10 forked on `mem_` right after its
+// input block and joined before its output block's sum), and CUDA graphs of decode steps keyed by
+// batch size. Steps of one token use the fused kernels (RMSNorm in the GEMV prologue, SwiGLU in
+// the gate/up epilogue, RoPE + K/V append + split merge in the attention kernel), 2–16 tokens the
+// tensor-core skinny kernel, both launched with programmatic dependent launch; wider steps use
+// cuBLAS. With UM_CUDA_DECODE_KERNEL=1, decode steps of at most 8 tokens run the persistent
+// decode kernel instead (an experiment, slower on the H200 so far).
 #include "compute_node/cuda/cuda_engine.h"
 
 #include <cuda_bf16.h>
@@ -27,6 +28,7 @@
 #include "common/status.h"
 #include "compute_node/cuda/attention.cuh"
 #include "compute_node/cuda/cuda_check.h"
+#include "compute_node/cuda/cuda_engine_internal.h"
 #include "compute_node/cuda/decode_kernel.cuh"
 #include "compute_node/cuda/device_buffer.h"
 #include "compute_node/cuda/embed.cuh"
@@ -44,8 +46,6 @@
 namespace ultramem {
 namespace cuda {
 namespace {
-
-using bf16 = __nv_bfloat16;
 
 absl::Status UploadBf16(const std::vector<float>& host, DeviceBuffer<bf16>* out) {
   std::vector<uint16_t> converted(host.size());
@@ -90,169 +90,7 @@ absl::Status UploadValues(const Checkpoint& ckpt, int layer, DeviceBuffer<bf16>*
   return absl::OkStatus();
 }
 
-// A sequence's KV cache: one allocation [L][K|V][capacity][n_kv·hd] bf16.
-class CudaSequence : public Sequence {
- public:
-  CudaSequence(int layers, int width, int max_positions)
-      : layers_(layers), width_(width), max_positions_(max_positions) {}
-
-  int64_t CacheBytes() const override {
-    return static_cast<int64_t>(cache_.size()) * static_cast<int64_t>(sizeof(bf16));
-  }
-  // Grows the capacity to hold `positions`, keeping the first length() positions (on `stream`).
-  absl::Status Reserve(int64_t positions, cudaStream_t stream) {
-    if (positions <= capacity_) return absl::OkStatus();
-    int64_t cap = std::max<int64_t>(positions, std::max<int64_t>(64, capacity_ * 2));
-    cap = std::min<int64_t>(cap, max_positions_);
-    DeviceBuffer<bf16> grown;
-    UM_RETURN_IF_ERROR(grown.Reserve(static_cast<size_t>(2 * layers_ * cap * width_)));
-    if (length_ > 0) {
-      const size_t row_bytes = static_cast<size_t>(width_) * sizeof(bf16);
-      CUDA_CHECK(cudaMemcpy2DAsync(grown.get(), cap * row_bytes, cache_.get(), capacity_ * row_bytes,
-                                   length_ * row_bytes, 2 * layers_, cudaMemcpyDeviceToDevice,
-                                   stream));
-      CUDA_CHECK(cudaStreamSynchronize(stream));
-    }
-    cache_ = std::move(grown);
-    capacity_ = cap;
-    return absl::OkStatus();
-  }
-  cuda::TokenKv Token(int64_t position) const {
-    return cuda::TokenKv{cache_.get(), static_cast<int32_t>(capacity_),
-                         static_cast<int32_t>(position)};
-  }
-  void SetLength(int64_t n) { length_ = n; }
-
- private:
-  int layers_, width_, max_positions_;
-  DeviceBuffer<bf16> cache_;
-  int64_t capacity_ = 0;
-};
-
-struct DeviceBlock {
-  DeviceBuffer<float> attn_norm, ffn_norm;
-  DeviceBuffer<bf16> wqkv, wo, w_gate_up, w_down;
-};
-
-struct DeviceMemoryLayer {
-  int input_block = 0, output_block = 0;
-  int u_owner = 0;  // the layer whose `u` holds u_{input_block} (the first reading that block)
-  DeviceBuffer<bf16> query_proj, keys_hat, values_proj, values;
-  DeviceBuffer<float> query_norm, cores, core_u, core_v;
-  DeviceBuffer<float> keys_f32;  // K̂ in fp32, for the wide steps' SGEMM key scores
-  DeviceBuffer<int64_t> shuffle;
-  // Per-step buffers.
-  DeviceBuffer<bf16> u, y;
-  DeviceBuffer<float> q, qn, scores, sel_scores, y_f32;
-  DeviceBuffer<int64_t> rows, t_index;
-  DeviceBuffer<int32_t> groups;
-  PinnedBuffer<int64_t> host_rows;
-  PinnedBuffer<int32_t> host_groups;
-  PinnedBuffer<float> host_scores, host_y;
-  cudaEvent_t fork = nullptr, join = nullptr;
-};
-
-struct Graph {
-  cudaGraphExec_t exec = nullptr;
-};
-
 }  // namespace
-
-class CudaEngine : public Engine {
- public:
-  CudaEngine(std::shared_ptr<const ModelWeights> weights, RowPooler* pooler,
-             const EngineOptions& options)
-      : w_(std::move(weights)), cfg_(w_->config), pooler_(pooler), options_(options) {}
-  ~CudaEngine() override;
-
-  absl::Status Init();
-  const ModelConfig& config() const override { return cfg_; }
-  std::unique_ptr<Sequence> NewSequence() override {
-    return std::make_unique<CudaSequence>(cfg_.num_layers, cfg_.num_key_value_heads * cfg_.head_dim,
-                                          cfg_.max_position_embeddings);
-  }
-  absl::Status Forward(absl::Span<const SequenceInput> batch, const ForwardOptions& options,
-                       ForwardOutput* out) override;
-  absl::StatusOr<double> ReplayLastStep(int iterations, bool graph);
-
- private:
-  absl::Status EnsureCapacity(int tokens, int rows);
-  // Enqueues the whole forward of `tokens` tokens (inputs already on the device) on main_ and
-  // mem_, joined back into main_. Host pooling synchronizes; device pooling never does.
-  // `decode`: every token from a different sequence (attention may then append K/V itself).
-  absl::Status Enqueue(int tokens, int rows, bool decode);
-  absl::Status EnqueueMemoryQuery(int j, int tokens, cudaStream_t stream, cublasHandle_t blas);
-  absl::Status EnqueueStep(int tokens, int rows, bool decode, bool graph);
-  // The decode kernel's path for `tokens` ≤ kMaxDecodeKernelTokens decode tokens.
-  absl::Status EnqueueDecodeKernel(int tokens, int rows);
-  // Memory layer j's steps 1–10 after its input block (forked onto mem_, or selections handed to
-  // the host RowPooler), and its join before the output block's value projection (y in d.y).
-  absl::Status ForkMemoryLayer(int j, int tokens, std::vector<std::unique_ptr<PendingPool>>* pending);
-  absl::Status JoinMemoryLayer(int j, int tokens, std::vector<std::unique_ptr<PendingPool>>* pending);
-  // A GEMV over RMSNorm(x_) rows (weights `norm_weight`): the caller sets the output fields.
-  GemvArgs NormedGemv(int tokens, int out_dim, const __nv_bfloat16* w, const float* norm_weight) const;
-  // The final norm and lm_head for the `rows` output rows.
-  absl::Status EnqueueLogits(int rows);
-  // The decode kernel's phase list and cut points for the current buffers (EnsureCapacity).
-  absl::Status BuildDecodePhases();
-  bool UseDecodeKernel(int tokens, bool decode) const;
-  void PrintDecodeTrace();
-  // UM_CUDA_PROFILE=1: one more eager step after ReplayLastStep's, with an event after every op on
-  // each stream; PrintOpProfile sums the gaps by op (serialized: no PDL overlap across events).
-  void Mark(const char* op, cudaStream_t stream);
-  void PrintOpProfile();
-  void ClearGraphs();
-
-  std::shared_ptr<const ModelWeights> w_;
-  const ModelConfig& cfg_;
-  RowPooler* pooler_;
-  EngineOptions options_;
-  bool device_pool_ = false;
-  int sm_count_ = 0;
-
-  cudaStream_t main_ = nullptr, mem_ = nullptr;
-  cublasHandle_t blas_main_ = nullptr, blas_mem_ = nullptr;
-  DeviceBuffer<uint8_t> workspace_main_, workspace_mem_;
-  cudaEvent_t start_ = nullptr, stop_ = nullptr;
-
-  DeviceBuffer<bf16> embed_, lm_head_;
-  DeviceBuffer<float> final_norm_;
-  DeviceBuffer<float2> rope_;
-  std::vector<DeviceBlock> blocks_;
-  std::vector<DeviceMemoryLayer> mem_layers_;
-
-  // Step buffers, sized for capacity_tokens_ / capacity_rows_.
-  int capacity_tokens_ = 0, capacity_rows_ = 0;
-  DeviceBuffer<int32_t> ids_, out_rows_, attn_counters_;
-  DeviceBuffer<TokenKv> kv_;
-  DeviceBuffer<float> x_, qkv_, gate_up_, attn_scratch_, logits_;
-  DeviceBuffer<bf16> xn_, attn_, act_, final_xn_;
-  PinnedBuffer<int32_t> host_ids_, host_out_rows_;
-  PinnedBuffer<TokenKv> host_kv_;
-  PinnedBuffer<float> host_logits_;
-  PinnedBuffer<int64_t> host_selections_;
-
-  // The decode kernel's phases; cuts_: where a launch ends for a memory layer's fork or join.
-  struct Cut {
-    int at;  // the phase index the next launch starts at
-    bool fork;
-    int layer;
-  };
-  std::vector<DecodePhase> host_phases_;
-  std::vector<Cut> cuts_;
-  int max_in_dim_ = 0;
-  int decode_grid_ = 0;
-  DeviceBuffer<DecodePhase> phases_;
-  DeviceBuffer<unsigned long long> grid_barrier_;
-  DeviceBuffer<long long> decode_trace_;  // UM_CUDA_DECODE_TRACE=1: block 0's phase timestamps
-
-  std::map<int, Graph> graphs_;  // decode steps by batch size (· 2, + 1 on the decode kernel)
-  bool profiling_ = false;
-  std::vector<cudaEvent_t> profile_events_;
-  std::vector<std::pair<const char*, cudaEvent_t>> marks_main_, marks_mem_;
-  int last_tokens_ = 0, last_rows_ = 0;
-  bool last_decode_ = false, last_graph_ = false;
-};
 
 CudaEngine::~CudaEngine() {
   ClearGraphs();
@@ -652,122 +490,6 @@ absl::Status CudaEngine::EnqueueLogits(int R) {
   return absl::OkStatus();
 }
 
-
-absl::Status CudaEngine::BuildDecodePhases() {
-  host_phases_.clear();
-  cuts_.clear();
-  const int D = cfg_.hidden_size, F = cfg_.intermediate_size;
-  const int nh = cfg_.num_attention_heads, nkv = cfg_.num_key_value_heads, hd = cfg_.head_dim;
-  const int J = cfg_.NumMemoryLayers();
-  auto add = [&](DecodePhaseKind kind, const bf16* w, int out_dim, int in_dim) -> DecodePhase& {
-    DecodePhase ph;
-    ph.kind = kind;
-    ph.w = w;
-    ph.out_dim = out_dim;
-    ph.in_dim = in_dim;
-    host_phases_.push_back(ph);
-    return host_phases_.back();
-  };
-  for (int b = 0; b < cfg_.num_layers; ++b) {
-    DeviceBlock& bw = blocks_[b];
-    add(DecodePhaseKind::kQkv, bw.wqkv.get(), (nh + 2 * nkv) * hd, D).norm_weight = bw.attn_norm.get();
-    add(DecodePhaseKind::kAttention, nullptr, 0, 0).layer = b;
-    add(DecodePhaseKind::kWo, bw.wo.get(), D, nh * hd);  // input: the attention partials
-    DecodePhase& gu = add(DecodePhaseKind::kGateUp, bw.w_gate_up.get(), F, D);
-    gu.norm_weight = bw.ffn_norm.get();
-    for (int j = 0; j < J; ++j) {
-      if (mem_layers_[j].input_block != b) continue;
-      if (gu.normed_out == nullptr) gu.normed_out = mem_layers_[j].u.get();
-      cuts_.push_back({static_cast<int>(host_phases_.size()), true, j});
-    }
-    add(DecodePhaseKind::kDown, bw.w_down.get(), D, F).x = act_.get();
-    const int first_vp = static_cast<int>(host_phases_.size());
-    for (int j = 0; j < J; ++j) {
-      if (mem_layers_[j].output_block != b) continue;
-      const MemoryConfig& mc = *cfg_.memory;
-      cuts_.push_back({first_vp, false, j});
-      add(DecodePhaseKind::kValuesProj, mem_layers_[j].values_proj.get(), D,
-          mc.value_expand * mc.value_dim).x = mem_layers_[j].y.get();
-    }
-  }
-  max_in_dim_ = 0;
-  for (const DecodePhase& ph : host_phases_) max_in_dim_ = std::max(max_in_dim_, ph.in_dim);
-  UM_RETURN_IF_ERROR(phases_.Upload(host_phases_.data(), host_phases_.size()));
-  // With memory layers on the device, a few SMs stay out of the decode kernel for the side
-  // stream (UM_CUDA_DECODE_KERNEL_FREE_SMS, default 8): the kernel takes every register of its SMs.
-  int free_sms = 0;
-  if (J > 0 && device_pool_) {
-    const char* env = std::getenv("UM_CUDA_DECODE_KERNEL_FREE_SMS");
-    free_sms = env != nullptr ? std::atoi(env) : 8;
-  }
-  decode_grid_ = std::max(1, sm_count_ - std::max(0, free_sms));
-  const char* trace = std::getenv("UM_CUDA_DECODE_TRACE");
-  if (trace != nullptr && std::strcmp(trace, "1") == 0) {
-    UM_RETURN_IF_ERROR(decode_trace_.Reserve(kTracePoints * host_phases_.size()));
-  }
-  if (grid_barrier_.size() == 0) {
-    UM_RETURN_IF_ERROR(grid_barrier_.Reserve(1));
-    CUDA_CHECK(cudaMemset(grid_barrier_.get(), 0, sizeof(unsigned long long)));
-  }
-  return absl::OkStatus();
-}
-
-bool CudaEngine::UseDecodeKernel(int T, bool decode) const {
-  if (!decode || T > kMaxDecodeKernelTokens || host_phases_.empty()) return false;
-  // Off unless asked for: on the H200 it is slower than the per-op kernels (RESULTS.md).
-  const char* env = std::getenv("UM_CUDA_DECODE_KERNEL");
-  if (env == nullptr || std::strcmp(env, "1") != 0) return false;
-  return DecodeKernelSupports(T, cfg_.head_dim, cfg_.num_attention_heads, cfg_.num_key_value_heads,
-                              host_phases_.data(), static_cast<int>(host_phases_.size()));
-}
-
-absl::Status CudaEngine::EnqueueDecodeKernel(int T, int R) {
-  ScopedPdl pdl(true);  // the side stream's kernels and the lm_head GEMV
-  const int J = cfg_.NumMemoryLayers();
-  LaunchEmbed(embed_.get(), ids_.get(), T, cfg_.hidden_size, x_.get(), main_);
-  DecodeKernelArgs a;
-  a.phases = phases_.get();
-  a.tokens = T;
-  a.hidden = cfg_.hidden_size;
-  a.eps = cfg_.rms_norm_eps;
-  a.x = x_.get();
-  a.qkv = qkv_.get();
-  a.act = act_.get();
-  a.kv = kv_.get();
-  a.rope = rope_.get();
-  a.num_heads = cfg_.num_attention_heads;
-  a.num_kv_heads = cfg_.num_key_value_heads;
-  a.head_dim = cfg_.head_dim;
-  a.splits = DecodeKernelSplits(T, cfg_.num_attention_heads, cfg_.num_key_value_heads, decode_grid_,
-                                AttentionSplits(T, cfg_.num_key_value_heads, sm_count_, cfg_.max_position_embeddings));
-  a.scratch = attn_scratch_.get();
-  a.barrier = grid_barrier_.get();
-  a.grid = decode_grid_;
-  a.trace = decode_trace_.size() > 0 ? decode_trace_.get() : nullptr;
-  std::vector<std::unique_ptr<PendingPool>> pending(J);
-  absl::Status status;
-  int begin = 0;
-  auto run_to = [&](int end) {
-    if (end <= begin) return;
-    a.begin = begin;
-    a.end = end;
-    LaunchDecodeKernel(a, max_in_dim_, main_);
-    begin = end;
-  };
-  for (const Cut& cut : cuts_) {
-    run_to(cut.at);
-    status = cut.fork ? ForkMemoryLayer(cut.layer, T, &pending) : JoinMemoryLayer(cut.layer, T, &pending);
-    if (!status.ok()) break;
-  }
-  if (status.ok()) run_to(static_cast<int>(host_phases_.size()));
-  for (auto& p : pending) {
-    if (p) p->Wait().IgnoreError();
-  }
-  UM_RETURN_IF_ERROR(status);
-  CUDA_CHECK(cudaGetLastError());
-  return EnqueueLogits(R);
-}
-
 // Runs the step whose inputs are on the device: from a graph (captured on first use for this
 // batch size) when `graph`, else eagerly.
 absl::Status CudaEngine::EnqueueStep(int T, int R, bool decode, bool graph) {
@@ -899,79 +621,6 @@ absl::StatusOr<double> CudaEngine::ReplayLastStep(int iterations, bool graph) {
     PrintOpProfile();
   }
   return 1000.0 * ms / iterations;
-}
-
-void CudaEngine::Mark(const char* op, cudaStream_t stream) {
-  if (!profiling_) return;
-  auto& marks = stream == main_ ? marks_main_ : marks_mem_;
-  const size_t used = marks_main_.size() + marks_mem_.size();
-  if (used == profile_events_.size()) {
-    cudaEvent_t e = nullptr;
-    if (cudaEventCreate(&e) != cudaSuccess) return;
-    profile_events_.push_back(e);
-  }
-  cudaEvent_t e = profile_events_[used];
-  if (cudaEventRecord(e, stream) != cudaSuccess) return;
-  marks.emplace_back(op, e);
-}
-
-// Device time between consecutive events of each stream, summed by the op that ended there
-// ("start" and "fork" only open a stretch). Printed to stderr, largest first.
-void CudaEngine::PrintOpProfile() {
-  std::map<std::string, std::pair<double, int>> by_op;
-  double total_main = 0;
-  for (auto* marks : {&marks_main_, &marks_mem_}) {
-    for (size_t i = 1; i < marks->size(); ++i) {
-      const std::string op = (*marks)[i].first;
-      if (op == "fork") continue;
-      float ms = 0;
-      if (cudaEventElapsedTime(&ms, (*marks)[i - 1].second, (*marks)[i].second) != cudaSuccess) continue;
-      auto& [us, n] = by_op[op];
-      us += 1000.0 * ms;
-      ++n;
-      if (marks == &marks_main_) total_main += 1000.0 * ms;
-    }
-  }
-  std::vector<std::pair<double, std::string>> rows;
-  for (const auto& [op, v] : by_op) rows.emplace_back(v.first, op);
-  std::sort(rows.rbegin(), rows.rend());
-  std::fprintf(stderr, "op profile (one eager step, %d tokens, events between ops): main stream %.1f us\n",
-               last_tokens_, total_main);
-  for (const auto& [us, op] : rows) {
-    std::fprintf(stderr, "  %-18s %9.1f us %4d x %7.2f us\n", op.c_str(), us, by_op[op].second, us / by_op[op].second);
-  }
-}
-
-// Block 0's view of the last step's decode-kernel phases (UM_CUDA_DECODE_TRACE=1), by kind:
-// waiting at the grid barrier, staging the input, the rest (weights, products, outputs).
-void CudaEngine::PrintDecodeTrace() {
-  std::vector<long long> t(decode_trace_.size());
-  if (cudaMemcpy(t.data(), decode_trace_.get(), t.size() * sizeof(long long), cudaMemcpyDeviceToHost) != cudaSuccess) return;
-  static const char* kNames[] = {"qkv", "attention", "wo", "gate_up", "down", "values_proj"};
-  double sum[6][4] = {}, count[6] = {}, gaps = 0;
-  for (size_t p = 0; p < host_phases_.size(); ++p) {
-    const long long* q = &t[kTracePoints * p];
-    if (p > 0) gaps += (q[0] - t[kTracePoints * (p - 1) + 3]) * 1e-3;
-    const int k = static_cast<int>(host_phases_[p].kind);
-    const long long staged = q[2] != 0 ? q[2] : q[1];
-    sum[k][0] += (q[1] - q[0]) * 1e-3;
-    sum[k][1] += (staged - q[1]) * 1e-3;
-    sum[k][2] += (q[3] - staged) * 1e-3;
-    sum[k][3] += (q[2] != 0 ? q[4] : 0) * 1e-3;
-    count[k] += 1;
-  }
-  const long long span = t[kTracePoints * (host_phases_.size() - 1) + 3] - t[0];
-  std::fprintf(stderr,
-               "decode kernel trace (block 0, tokens %d, grid %d): first phase to last %.1f us, of which "
-               "%.1f us between launches (%zu launches)\n",
-               last_tokens_, decode_grid_, span * 1e-3, gaps, cuts_.size() + 1);
-  std::fprintf(stderr, "  %-12s %6s %10s %10s %10s %12s   (us per phase)\n", "phase", "count", "barrier",
-               "stage", "rest", "(weights)");
-  for (int k = 0; k < 6; ++k) {
-    if (count[k] == 0) continue;
-    std::fprintf(stderr, "  %-12s %6.0f %10.2f %10.2f %10.2f %12.2f\n", kNames[k], count[k],
-                 sum[k][0] / count[k], sum[k][1] / count[k], sum[k][2] / count[k], sum[k][3] / count[k]);
-  }
 }
 
 }  // namespace cuda
