@@ -16,7 +16,7 @@
 #include <algorithm>
 
 #include "compute_node/cuda/attention_item.cuh"
-#include "compute_node/cuda/bf16_dot.cuh"
+#include "compute_node/cuda/skinny_ops.cuh"
 #include "compute_node/cuda/launch.cuh"
 
 namespace ultramem::cuda {

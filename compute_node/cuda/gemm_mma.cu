@@ -7,20 +7,13 @@
 #include <cstring>
 
 #include "compute_node/cuda/launch.cuh"
+#include "compute_node/cuda/skinny_ops.cuh"
 
 namespace ultramem::cuda {
 
 static constexpr int kWarps = 8;
 static constexpr int kThreads = kWarps * 32;
 static constexpr int kRows = 16;   // weight rows per block (per matrix half for SwiGLU)
-
-static __device__ __forceinline__ uint4 LoadStream(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
 
 static __device__ __forceinline__ void Mma(float* c, uint32_t a0, uint32_t a1, uint32_t a2,
                                            uint32_t a3, uint32_t b0, uint32_t b1) {

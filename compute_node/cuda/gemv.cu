@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cstdlib>
 
-#include "compute_node/cuda/bf16_dot.cuh"
+#include "compute_node/cuda/skinny_ops.cuh"
 #include "compute_node/cuda/launch.cuh"
 
 namespace ultramem::cuda {
@@ -17,14 +17,6 @@ struct GemvParams {
   GemvArgs a;
   int units;  // warp work items: rows, or row pairs
 };
-
-static __device__ __forceinline__ uint4 LoadStream(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
 
 // Weight rows of unit u: a (and b when kRows == 2; b < 0 when absent).
 template <int kRows>
