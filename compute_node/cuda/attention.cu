@@ -233,6 +233,7 @@ void LaunchAttention(float* qkv, const TokenKv* kv, const float2* rope, int toke
                      int num_kv_heads, int head_dim, int layer, int splits, float* scratch,
                      int* counters, __nv_bfloat16* out, cudaStream_t stream) {
   if (tokens == 0) return;
+  if (LaunchAttentionCluster(qkv, kv, rope, tokens, num_heads, num_kv_heads, head_dim, layer, out, stream)) return;
   const int group = num_heads / num_kv_heads;
   bool done = false;
   switch (head_dim) {

@@ -42,4 +42,18 @@ void LaunchAttention(float* qkv, const TokenKv* kv, const float2* rope, int toke
                      int num_kv_heads, int head_dim, int layer, int splits, float* scratch,
                      int* counters, __nv_bfloat16* out, cudaStream_t stream);
 
+// Small decode steps with `rope` (at most about two waves of cluster blocks: tokens · n_kv · 8 ≤
+// 2 · multiprocessors; head_dim 64 or 128, group 1/2/4/8) take the cluster kernel
+// (attention_cluster.cu): a (token, kv head) is a cluster of 8 blocks that stage their share of
+// the K/V rows in shared memory (starting before the PDL wait) and merge their partial sums
+// through distributed shared memory; `splits`, scratch and counters are then unused. Returns
+// false (and launches nothing) for other shapes, prefill, or when turned off
+// (UM_CUDA_ATTN_CLUSTER=0, or SetAttentionClusterForTesting(0)).
+bool LaunchAttentionCluster(float* qkv, const TokenKv* kv, const float2* rope, int tokens, int num_heads,
+                            int num_kv_heads, int head_dim, int layer, __nv_bfloat16* out,
+                            cudaStream_t stream);
+bool AttentionClusterEnabled();
+// -1: the environment decides (the default); 0: off; 1: on.
+void SetAttentionClusterForTesting(int enabled);
+
 }  // namespace ultramem::cuda

@@ -253,6 +253,77 @@ TEST(CudaOps, GemvFusedNormAndSwiGluMatchCpu) {
   }
 }
 
+// One-token products: the staged GEMV (weights bulk-copied into shared memory) and the register
+// GEMV on the engine's shapes and odd ones, every output kind, against the CPU; lm_head-sized
+// weights do not fit the staged variant and fall back.
+TEST(CudaOps, GemvStagedMatchesRegisterGemvAndCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(Seed());
+  ThreadPool pool(0);
+  struct Shape {
+    int out, in;
+    GemvOutput output;
+    bool norm;
+  };
+  for (const Shape& sh : {Shape{3072, 1024, GemvOutput::kStore, true}, Shape{1024, 1024, GemvOutput::kAccumulate, false},
+                          Shape{2816, 1024, GemvOutput::kSwiGlu, true}, Shape{1024, 2816, GemvOutput::kAccumulate, false},
+                          Shape{77, 2048, GemvOutput::kStore, false}, Shape{5000, 520, GemvOutput::kSwiGlu, false},
+                          Shape{32000, 1024, GemvOutput::kStore, true}}) {
+    SCOPED_TRACE(testing::Message() << "out " << sh.out << " in " << sh.in << " kind " << int(sh.output));
+    const bool swiglu = sh.output == GemvOutput::kSwiGlu;
+    const int wrows = swiglu ? 2 * sh.out : sh.out;
+    auto x = RandomBf16(rng, 3 * sh.in, 2.0f), nw = RandomBf16(rng, sh.in, 0.5f, 1.0f);
+    auto w = RandomBf16(rng, static_cast<size_t>(wrows) * sh.in, 0.05f);
+    auto y0 = RandomBf16(rng, sh.out, 1.0f);
+    const int src = 2;  // the row map's pick among 3 fp32 rows (norm), else row 0 of bf16 x
+    std::vector<float> xin(x.begin() + (sh.norm ? src * sh.in : 0), x.begin() + (sh.norm ? src + 1 : 1) * sh.in);
+    if (sh.norm) {
+      RmsNorm(x.data() + src * sh.in, nw.data(), sh.in, 1e-5f, xin.data());
+      for (float& v : xin) v = Bf16ToF32(F32ToBf16(v));
+    }
+    std::vector<float> prod(wrows), want(sh.out);
+    MatMulWT(pool, xin.data(), 1, w.data(), wrows, sh.in, prod.data(), false);
+    for (int i = 0; i < sh.out; ++i) {
+      if (swiglu) {
+        want[i] = prod[i] / (1.0f + std::exp(-prod[i])) * prod[sh.out + i];
+      } else {
+        want[i] = prod[i] + (sh.output == GemvOutput::kAccumulate ? y0[i] : 0.0f);
+      }
+    }
+    auto dx = Up(x), dnw = Up(nw);
+    auto dxb = UpBf16(x), dw = UpBf16(w);
+    std::vector<int32_t> rows = {src};
+    auto drows = Up(rows);
+    for (bool staged : {true, false}) {
+      auto dy = Up(y0);
+      DeviceBuffer<bf16> dact;
+      ASSERT_OK(dact.Reserve(sh.out));
+      Poison(dact);
+      GemvArgs a;
+      a.tokens = 1;
+      a.out_dim = sh.out;
+      a.in_dim = sh.in;
+      a.w = dw.get();
+      if (sh.norm) {
+        a.x_f32 = dx.get();
+        a.norm_weight = dnw.get();
+        a.eps = 1e-5f;
+        a.rows = drows.get();
+      } else {
+        a.x = dxb.get();
+      }
+      a.output = sh.output;
+      a.y = dy.get();
+      a.act = dact.get();
+      a.staged = staged;
+      LaunchGemv(a, nullptr);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const std::vector<float> got = swiglu ? DownBf16(dact, sh.out) : Down(dy, sh.out);
+      EXPECT_LE(RelErr(got, want), 1e-2) << (staged ? "staged" : "register");
+    }
+  }
+}
+
 TEST(CudaOps, RmsNormAndSwiGluMatchCpu) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(Seed());
@@ -347,7 +418,11 @@ void RunRopeAndAttention(int nh, int nkv, int hd) {
   ASSERT_OK(counters.Reserve(AttentionCounterInts(T, nkv)));
   ASSERT_EQ(cudaMemset(counters.get(), 0, counters.size() * sizeof(int)), cudaSuccess);
   // Decode path: the attention kernel rotates q and k and appends K/V itself (qkv unrotated).
-  for (int splits : {1, 3, 16}) {
+  // "splits" 0: the cluster kernel (head_dim 64/128; the split kernel for other shapes), then the
+  // split kernel at 1, 3 and 16 splits.
+  for (int variant : {0, 1, 3, 16}) {
+    SetAttentionClusterForTesting(variant == 0 ? 1 : 0);
+    const int splits = std::max(variant, 1);
     auto dqkv = Up(qkv);
     for (int s = 0; s < T; ++s) {
       // The history again, the new positions poisoned: the kernel must write them.
@@ -367,7 +442,7 @@ void RunRopeAndAttention(int nh, int nkv, int hd) {
     LaunchAttention(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, splits, scratch.get(),
                     counters.get(), out.get(), nullptr);
     ASSERT_EQ(cudaGetLastError(), cudaSuccess);
-    EXPECT_LE(RelErr(DownBf16(out, T * nh * hd), want), 1e-2) << "fused, splits " << splits;
+    EXPECT_LE(RelErr(DownBf16(out, T * nh * hd), want), 1e-2) << "fused, splits " << variant;
     for (int s = 0; s < T; ++s) {  // the appended K/V equal the CPU's bf16-rounded rows
       auto got = DownBf16(dcache[s], cache[s].size());
       for (int side = 0; side < 2; ++side) {
@@ -383,8 +458,9 @@ void RunRopeAndAttention(int nh, int nkv, int hd) {
       LaunchAttention(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, splits,
                       scratch.get(), counters.get(), out.get(), nullptr);
     }
-    EXPECT_LE(RelErr(DownBf16(out, T * nh * hd), want), 1e-2) << "fused again, splits " << splits;
+    EXPECT_LE(RelErr(DownBf16(out, T * nh * hd), want), 1e-2) << "fused again, splits " << variant;
   }
+  SetAttentionClusterForTesting(-1);
   // Prefill path: the RoPE kernel first (q rotated in qkv, K/V appended), then attention.
   auto dqkv = Up(qkv);
   LaunchRopeAndCache(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, nullptr);

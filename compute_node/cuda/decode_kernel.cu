@@ -16,6 +16,7 @@
 #include <algorithm>
 
 #include "compute_node/cuda/attention_item.cuh"
+#include "compute_node/cuda/bulk_copy.cuh"
 #include "compute_node/cuda/skinny_ops.cuh"
 #include "compute_node/cuda/launch.cuh"
 
@@ -39,39 +40,6 @@ constexpr int kShapes[][2] = {{32, 4}, {64, 1}, {64, 4}};  // head_dim 128 spill
 // Per-group attention scratch, padded so that every group's float4 reads stay aligned.
 template <int kHD, int kG>
 constexpr size_t kGroupStride = (sizeof(AttentionItemSmem<kHD, kG>) + 127) / 128 * 128;
-
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void MbarInit(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(SmemAddr(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void MbarExpectTx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(SmemAddr(bar)), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void MbarArrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(SmemAddr(bar)) : "memory");
-}
-__device__ __forceinline__ void MbarWait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "WAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_%=;\n"
-      "}\n" ::"r"(SmemAddr(bar)),
-      "r"(parity)
-      : "memory");
-}
-// Bulk copy global -> this block's shared memory, completing `bytes` on `bar`.
-__device__ __forceinline__ void BulkLoad(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-          SmemAddr(dst)),
-      "l"(src), "r"(bytes), "r"(SmemAddr(bar))
-      : "memory");
-}
 
 __device__ __forceinline__ void ConsumerSync() {
   asm volatile("bar.sync 1, %0;" ::"n"(kConsumerThreads) : "memory");
@@ -399,7 +367,7 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeKernel(DecodeKernelArgs a) 
       MbarInit(full + s, 1);
       MbarInit(empty + s, kConsumerWarps);
     }
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    MbarInitFence();
   }
   __syncthreads();  // the last block-wide barrier: the producer warp leaves the consumers here
   if (warp == kConsumerWarps) {

@@ -4,8 +4,9 @@
 #include <algorithm>
 #include <cstdlib>
 
-#include "compute_node/cuda/skinny_ops.cuh"
+#include "compute_node/cuda/bulk_copy.cuh"
 #include "compute_node/cuda/launch.cuh"
+#include "compute_node/cuda/skinny_ops.cuh"
 
 namespace ultramem::cuda {
 
@@ -172,6 +173,190 @@ static __global__ void __launch_bounds__(kThreads) GemvKernel(GemvParams p) {
   }
 }
 
+// ---- The staged GEMV: one token, each block's whole weight slice in shared memory. ----
+//
+// One block per multiprocessor (at most) owns a contiguous run of output units; its first thread
+// starts bulk copies of those weight rows into shared memory and the block lets the next kernel
+// of the stream launch, both before waiting on the previous kernel. So the weights of the next
+// few products stream in while earlier kernels still run (each block holds a slice of at most
+// kStagedMaxWeightBytes, so several such kernels fit on a multiprocessor at once), and after its
+// wait a block only reads x (and the residual it adds to) from L2.
+static constexpr int kStagedWarps = 8;
+static constexpr int kStagedThreads = kStagedWarps * 32;
+static constexpr int kStagedMaxWeightBytes = 96 * 1024;
+static constexpr int kStagedMaxF4 = 4;  // in_dim <= kStagedThreads * 4 * kStagedMaxF4 with a norm
+static constexpr int kStagedHeader = 128;
+
+struct StagedParams {
+  GemvArgs a;
+  int units;      // output rows, or SwiGLU columns (then two weight rows each)
+  int per_block;  // units of each block (the last may have fewer)
+};
+
+static __host__ __device__ int StagedXsBytes(int in_dim) { return (in_dim * 2 + 127) / 128 * 128; }
+
+template <bool kNorm, bool kSwiGlu>
+static __global__ void __launch_bounds__(kStagedThreads) GemvStagedKernel(StagedParams p) {
+  const GemvArgs& a = p.a;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  uint64_t* bar = reinterpret_cast<uint64_t*>(smem_raw);
+  __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(smem_raw + kStagedHeader);
+  __nv_bfloat16* ws = reinterpret_cast<__nv_bfloat16*>(smem_raw + kStagedHeader + StagedXsBytes(a.in_dim));
+  __shared__ float red[kStagedWarps];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int u0 = blockIdx.x * p.per_block;
+  const int n = min(p.per_block, p.units - u0);
+  if (threadIdx.x == 0) {
+    const uint32_t bytes = static_cast<uint32_t>(n) * a.in_dim * 2;
+    MbarInit(bar, 1);
+    MbarInitFence();
+    MbarExpectTx(bar, kSwiGlu ? 2 * bytes : bytes);
+    BulkLoad(ws, a.w + static_cast<int64_t>(u0) * a.in_dim, bytes, bar);
+    if (kSwiGlu) {
+      BulkLoad(ws + static_cast<int64_t>(n) * a.in_dim, a.w + static_cast<int64_t>(a.out_dim + u0) * a.in_dim,
+               bytes, bar);
+    }
+  }
+  // The norm's weights are weights too: into registers before the wait.
+  float4 nw[kStagedMaxF4];
+  const int f4s = a.in_dim / 4;
+  if constexpr (kNorm) {
+#pragma unroll
+    for (int i = 0; i < kStagedMaxF4; ++i) {
+      const int c = threadIdx.x + i * kStagedThreads;
+      if (c < f4s) nw[i] = __ldg(reinterpret_cast<const float4*>(a.norm_weight) + c);
+    }
+  }
+  AllowDependents();
+  GridDependencyWait();
+
+  // After the wait: the residual this warp's rows add to (lane j holds row warp + 8j), and x.
+  float prev = 0.0f;
+  if (a.output == GemvOutput::kAccumulate) {
+    const int i = warp + kStagedWarps * lane;
+    if (i < n) prev = a.y[u0 + i];
+  }
+  if constexpr (kNorm) {
+    const int src = a.rows != nullptr ? a.rows[0] : 0;
+    const float4* row = reinterpret_cast<const float4*>(a.x_f32 + static_cast<int64_t>(src) * a.in_dim);
+    float4 v[kStagedMaxF4];
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kStagedMaxF4; ++i) {
+      const int c = threadIdx.x + i * kStagedThreads;
+      if (c < f4s) {
+        v[i] = row[c];
+        ss += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
+      }
+    }
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if (lane == 0) red[warp] = ss;
+    __syncthreads();
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kStagedWarps; ++w) total += red[w];
+    const float scale = rsqrtf(total / static_cast<float>(a.in_dim) + a.eps);
+#pragma unroll
+    for (int i = 0; i < kStagedMaxF4; ++i) {
+      const int c = threadIdx.x + i * kStagedThreads;
+      if (c < f4s) {
+        __nv_bfloat162 lo = __floats2bfloat162_rn(v[i].x * scale * nw[i].x, v[i].y * scale * nw[i].y);
+        __nv_bfloat162 hi = __floats2bfloat162_rn(v[i].z * scale * nw[i].z, v[i].w * scale * nw[i].w);
+        reinterpret_cast<__nv_bfloat162*>(xs)[2 * c] = lo;
+        reinterpret_cast<__nv_bfloat162*>(xs)[2 * c + 1] = hi;
+        if (a.normed_out != nullptr && blockIdx.x == 0) {
+          reinterpret_cast<__nv_bfloat162*>(a.normed_out)[2 * c] = lo;
+          reinterpret_cast<__nv_bfloat162*>(a.normed_out)[2 * c + 1] = hi;
+        }
+      }
+    }
+  } else {
+    for (int c = threadIdx.x; c < a.in_dim / 8; c += kStagedThreads) {
+      reinterpret_cast<uint4*>(xs)[c] = reinterpret_cast<const uint4*>(a.x)[c];
+    }
+  }
+  __syncthreads();
+  MbarWait(bar, 0);
+
+  const int chunks = a.in_dim / 8;
+  const uint4* x4 = reinterpret_cast<const uint4*>(xs);
+  for (int i = warp, k = 0; i < n; i += kStagedWarps, ++k) {
+    const uint4* wa = reinterpret_cast<const uint4*>(ws + static_cast<int64_t>(i) * a.in_dim);
+    const uint4* wb = reinterpret_cast<const uint4*>(ws + static_cast<int64_t>(n + i) * a.in_dim);
+    float acc_a = 0.0f, acc_b = 0.0f;
+#pragma unroll 4
+    for (int c = lane; c < chunks; c += 32) {
+      const uint4 xv = x4[c];
+      acc_a += Dot8(wa[c], xv);
+      if (kSwiGlu) acc_b += Dot8(wb[c], xv);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      acc_a += __shfl_xor_sync(0xffffffffu, acc_a, o);
+      if (kSwiGlu) acc_b += __shfl_xor_sync(0xffffffffu, acc_b, o);
+    }
+    const float old = __shfl_sync(0xffffffffu, prev, k);
+    if (lane == 0) {
+      const int u = u0 + i;
+      if (kSwiGlu) {
+        a.act[u] = __float2bfloat16(acc_a / (1.0f + __expf(-acc_a)) * acc_b);
+      } else {
+        a.y[u] = a.output == GemvOutput::kAccumulate ? old + acc_a : acc_a;
+      }
+    }
+  }
+}
+
+// Units per block and blocks for the staged GEMV, or false when a block's slice would not fit.
+static bool StagedShape(const GemvArgs& a, StagedParams* p, int* blocks, size_t* smem) {
+  if (a.tokens != 1 || a.in_dim % 8 != 0) return false;
+  if (a.x_f32 != nullptr && a.in_dim > kStagedThreads * 4 * kStagedMaxF4) return false;
+  const bool swiglu = a.output == GemvOutput::kSwiGlu;
+  p->a = a;
+  p->units = a.out_dim;
+  p->per_block = (p->units + SmCount() - 1) / SmCount();
+  // Lane j of a warp holds the residual of its j-th row: at most 32 rows a warp.
+  if (p->per_block > 32 * kStagedWarps) return false;
+  const int64_t weight_bytes = static_cast<int64_t>(p->per_block) * (swiglu ? 2 : 1) * a.in_dim * 2;
+  if (weight_bytes > kStagedMaxWeightBytes) return false;
+  *blocks = (p->units + p->per_block - 1) / p->per_block;
+  *smem = kStagedHeader + StagedXsBytes(a.in_dim) + static_cast<size_t>(weight_bytes);
+  return true;
+}
+
+template <bool kNorm, bool kSwiGlu>
+static void LaunchStaged(const StagedParams& p, int blocks, size_t smem, cudaStream_t stream) {
+  static const bool configured = [] {
+    cudaFuncSetAttribute(GemvStagedKernel<kNorm, kSwiGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         kStagedHeader + StagedXsBytes(kStagedThreads * 4 * kStagedMaxF4) + kStagedMaxWeightBytes);
+    return true;
+  }();
+  (void)configured;
+  LaunchKernel(GemvStagedKernel<kNorm, kSwiGlu>, dim3(blocks), dim3(kStagedThreads), smem, stream, p);
+}
+
+bool GemvStagedEnabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("UM_CUDA_GEMV_STAGED");
+    return v == nullptr || std::atoi(v) != 0;
+  }();
+  return enabled;
+}
+
+static bool TryLaunchStaged(const GemvArgs& a, cudaStream_t stream) {
+  if (!a.staged || !GemvStagedEnabled()) return false;
+  StagedParams p;
+  int blocks = 0;
+  size_t smem = 0;
+  if (!StagedShape(a, &p, &blocks, &smem)) return false;
+  const bool norm = a.x_f32 != nullptr, swiglu = a.output == GemvOutput::kSwiGlu;
+  if (norm) {
+    swiglu ? LaunchStaged<true, true>(p, blocks, smem, stream) : LaunchStaged<true, false>(p, blocks, smem, stream);
+  } else {
+    swiglu ? LaunchStaged<false, true>(p, blocks, smem, stream) : LaunchStaged<false, false>(p, blocks, smem, stream);
+  }
+  return true;
+}
+
 template <int kT, bool kNorm, int kRows>
 static void LaunchT(const GemvArgs& a, cudaStream_t stream) {
   GemvParams p{a, 0};
@@ -218,7 +403,10 @@ int GemvMaxTokens() {
 
 void LaunchGemv(const GemvArgs& a, cudaStream_t stream) {
   if (a.tokens <= 0) return;
-  if (a.tokens == 1) return LaunchForTokens<1>(a, stream);
+  if (a.tokens == 1) {
+    if (TryLaunchStaged(a, stream)) return;
+    return LaunchForTokens<1>(a, stream);
+  }
   if (a.tokens == 2) return LaunchForTokens<2>(a, stream);
   if (a.tokens <= 4) return LaunchForTokens<4>(a, stream);
   if (a.tokens <= 8) return LaunchForTokens<8>(a, stream);

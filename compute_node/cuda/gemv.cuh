@@ -11,7 +11,11 @@
 //             (W is then the fused [gate; up] matrix of 2·out rows).
 // Launched with programmatic dependent launch (launch.cuh): each warp loads its first batch of
 // weights into registers (and asks L2 for the rest of its first rows) before waiting on the
-// previous kernel.
+// previous kernel. One-token products whose weights spread over the multiprocessors fit in
+// shared memory (at most 96 KB a block) take the staged variant instead: each block bulk-copies
+// its whole weight slice into shared memory and lets the next kernel launch before it waits, so
+// the weights of the next products stream in while this one waits for its input
+// (UM_CUDA_GEMV_STAGED=0 turns it off).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -49,9 +53,15 @@ struct GemvArgs {
   GemvOutput output = GemvOutput::kStore;
   float* y = nullptr;
   __nv_bfloat16* act = nullptr;
+  // May take the staged variant (when it fits and GemvStagedEnabled()); tests clear it to check
+  // the register variant on the same shapes.
+  bool staged = true;
 };
 
 void LaunchGemv(const GemvArgs& args, cudaStream_t stream);
+
+// False when the environment sets UM_CUDA_GEMV_STAGED=0 (read once).
+bool GemvStagedEnabled();
 
 // y[T, out] (+)= x[T, in] · W[out, in]ᵀ.
 void LaunchGemvBf16(const __nv_bfloat16* x, int tokens, const __nv_bfloat16* w, int out_dim,

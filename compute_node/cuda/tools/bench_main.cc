@@ -4,6 +4,7 @@
 // device copy bandwidth measured in the same run. Prints a table and one JSON line per batch.
 //
 //   ultramem-cuda-bench --model DIR [--batches 1,16,64,256] [--context 512] [--iters 50]
+//                       [--chain_kernels 60]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -17,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "common/status.h"
 #include "common/tool_main.h"
+#include "compute_node/cuda/chain_probe.cuh"
 #include "compute_node/cuda/cuda_engine.h"
 #include "compute_node/model_runtime.h"
 
@@ -24,6 +26,7 @@ ABSL_FLAG(std::string, model, "", "model directory");
 ABSL_FLAG(std::string, batches, "1,16,64,256", "batch sizes");
 ABSL_FLAG(int, context, 512, "tokens already in each sequence's KV cache before the timed step");
 ABSL_FLAG(int, iters, 50, "timed replays per measurement");
+ABSL_FLAG(int, chain_kernels, 60, "also time a graph of this many dependent no-op kernels (0: skip)");
 
 namespace ultramem {
 namespace {
@@ -44,6 +47,15 @@ absl::Status Run() {
   const int ctx = absl::GetFlag(FLAGS_context), iters = absl::GetFlag(FLAGS_iters);
   const int max_batch = *std::max_element(batches.begin(), batches.end());
   UM_ASSIGN_OR_RETURN(double copy_bw, CudaCopyBandwidth(size_t{2} << 30));
+  if (const int n = absl::GetFlag(FLAGS_chain_kernels); n > 0) {
+    // The per-kernel latency floor of a dependent chain (what a batch-1 step is made of).
+    for (int blocks : {1, 132}) {
+      UM_ASSIGN_OR_RETURN(cuda::ChainProbe p, cuda::MeasureKernelChain(n, blocks, 20));
+      std::printf("dependent kernel chain (%d kernels of %d blocks, graph): %.2f us a kernel plain, %.2f with PDL, "
+                  "%.2f with PDL released before the wait\n",
+                  n, blocks, p.plain_us, p.pdl_us, p.pdl_early_us);
+    }
+  }
 
   // Prefill every sequence to `ctx` tokens, one sequence per Forward.
   std::mt19937 rng(1);

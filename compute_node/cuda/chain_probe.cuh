@@ -1,0 +1,21 @@
+// The latency floor of a chain of dependent kernels on this device: how many microseconds each
+// kernel of a CUDA graph costs when it only waits for its predecessor, reads one value that the
+// predecessor wrote (in every block) and writes one. A decode step at batch 1 is such a chain
+// (about five kernels per transformer block), so this bounds what any per-op design can reach.
+#pragma once
+
+#include "absl/status/statusor.h"
+
+namespace ultramem::cuda {
+
+struct ChainProbe {
+  double plain_us = 0;        // ordinary launches
+  double pdl_us = 0;          // programmatic dependent launch, next kernel released after the wait
+  double pdl_early_us = 0;    // PDL, next kernel released before the wait (as the staged GEMV)
+};
+
+// µs per kernel over a graph of `kernels` dependent kernels of `blocks` blocks each (median of
+// `iters` replays).
+absl::StatusOr<ChainProbe> MeasureKernelChain(int kernels, int blocks, int iters);
+
+}  // namespace ultramem::cuda
