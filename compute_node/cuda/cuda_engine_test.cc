@@ -248,6 +248,50 @@ TEST_F(CudaEngineTest, DecodeKernelMatchesPerOpKernelsWithMemoryLayers) {
   EXPECT_GE(agree, 0.7);
 }
 
+// head_dim 64 (4 heads, 2 kv heads): small decode steps take the cluster attention kernel, which
+// head_dim 32 above never reaches.
+class CudaHd64EngineTest : public CudaEngineTest {
+ protected:
+  ModelConfig Config() const override {
+    ModelConfig c = TestConfig();
+    c.num_attention_heads = 4;
+    c.head_dim = 64;
+    return c;
+  }
+};
+class CudaDenseHd64EngineTest : public CudaHd64EngineTest {
+ protected:
+  ModelConfig Config() const override {
+    ModelConfig c = CudaHd64EngineTest::Config();
+    c.memory.reset();
+    return c;
+  }
+};
+
+TEST_F(CudaDenseHd64EngineTest, ClusterAttentionMatchesCpu) {
+  for (int batch : {1, 3}) {
+    const uint64_t seed = std::random_device{}();
+    Trace want = RunTrace(cpu_->engine.get(), batch, 20, 8, seed);
+    Trace got = RunTrace(gpu_->engine.get(), batch, 20, 8, seed);
+    const Errors e = CompareLogits(got, want, 512);
+    std::printf("dense model, head_dim 64, batch %d: logit row rel err mean %.3g worst %.3g\n", batch, e.mean,
+                e.worst);
+    EXPECT_LE(e.worst, 1e-2) << "batch " << batch;
+  }
+}
+
+TEST_F(CudaHd64EngineTest, ClusterAttentionWithMemoryLayersMatchesCpu) {
+  const uint64_t seed = std::random_device{}();
+  Trace want = RunTrace(cpu_->engine.get(), 1, 20, 16, seed);
+  Trace got = RunTrace(gpu_->engine.get(), 1, 20, 16, seed);
+  const Errors e = CompareLogits(got, want, 512);
+  const double agree = SelectionAgreement(got.selections, want.selections, 16);
+  std::printf("memory model, head_dim 64, batch 1: logit row rel err mean %.3g worst %.3g; selections %.4f\n",
+              e.mean, e.worst, agree);
+  EXPECT_LE(e.mean, 5e-2);  // the bounds of LogitsAndSelectionsMatchCpu, for the reasons given there
+  EXPECT_GE(agree, 0.3);
+}
+
 TEST_F(CudaEngineTest, GraphReplayEqualsEagerAndHostPooling) {
   // Eager (no graphs) with host pooling through the in-process RowPooler.
   auto pooler = InProcessPooler::Create(gpu_->checkpoint);

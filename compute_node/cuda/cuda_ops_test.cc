@@ -597,11 +597,13 @@ TEST(CudaOps, MemorySelectMatchesCpuOddShapes) {
   RunSelect({50, 30, 1, 16, 1, 20, 1, 1, false});
   RunSelect({5, 12, 9, 20, 3, 5, 3, 3, false});   // Dk % 8 != 0: the tiled score kernel
   RunSelect({8, 64, 4, 64, 2, 16, 2, 2, false});   // the few-token kernel at 8 tokens
+  RunSelect({20, 128, 4, 32, 2, 40, 2, 2, false});  // m above a warp (40)
 }
 
 TEST(CudaOps, MemorySelectTiesGoToLowerIndex) {
   SKIP_WITHOUT_GPU();
   RunSelect({40, 64, 4, 32, 2, 16, 2, 2, true});
+  RunSelect({10, 64, 4, 32, 2, 40, 2, 2, true});  // m above a warp (40)
 }
 
 TEST(CudaOps, DevicePoolMatchesCpuPooling) {
