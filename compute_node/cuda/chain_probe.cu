@@ -7,6 +7,7 @@
 #include "common/status.h"
 #include "compute_node/cuda/cuda_check.h"
 #include "compute_node/cuda/device_buffer.h"
+#include "compute_node/cuda/gemv.cuh"
 #include "compute_node/cuda/launch.cuh"
 
 namespace ultramem::cuda {
@@ -63,6 +64,78 @@ absl::StatusOr<ChainProbe> MeasureKernelChain(int kernels, int blocks, int iters
   UM_ASSIGN_OR_RETURN(p.plain_us, measure(false, false));
   UM_ASSIGN_OR_RETURN(p.pdl_us, measure(true, false));
   UM_ASSIGN_OR_RETURN(p.pdl_early_us, measure(true, true));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaStreamDestroy(stream);
+  return p;
+}
+
+absl::StatusOr<GemvChainProbe> MeasureGemvChain(int model_dim, int ffn_dim, int qkv_width, int layers, int iters) {
+  const int D = model_dim, F = ffn_dim;
+  const size_t per_layer = static_cast<size_t>(qkv_width) * D + static_cast<size_t>(D) * D +
+                           static_cast<size_t>(2) * F * D + static_cast<size_t>(D) * F;
+  DeviceBuffer<__nv_bfloat16> w, attn, act;
+  DeviceBuffer<float> x, qkv, norm;
+  UM_RETURN_IF_ERROR(w.Reserve(per_layer * layers));
+  UM_RETURN_IF_ERROR(attn.Reserve(D));
+  UM_RETURN_IF_ERROR(act.Reserve(F));
+  UM_RETURN_IF_ERROR(x.Reserve(D));
+  UM_RETURN_IF_ERROR(qkv.Reserve(qkv_width));
+  UM_RETURN_IF_ERROR(norm.Reserve(D));
+  CUDA_CHECK(cudaMemset(w.get(), 0, per_layer * layers * 2));
+  CUDA_CHECK(cudaMemset(attn.get(), 0, D * 2));
+  CUDA_CHECK(cudaMemset(x.get(), 0, D * 4));
+  CUDA_CHECK(cudaMemset(norm.get(), 0, D * 4));
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  auto measure = [&](bool staged) -> absl::StatusOr<double> {
+    ScopedPdl scope(true);
+    cudaGraph_t graph;
+    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    for (int l = 0; l < layers; ++l) {
+      const __nv_bfloat16* wl = w.get() + per_layer * l;
+      const __nv_bfloat16* wqkv = wl;
+      const __nv_bfloat16* wo = wqkv + static_cast<size_t>(qkv_width) * D;
+      const __nv_bfloat16* wgu = wo + static_cast<size_t>(D) * D;
+      const __nv_bfloat16* wdown = wgu + static_cast<size_t>(2) * F * D;
+      GemvArgs a;
+      a.tokens = 1;
+      a.staged = staged;
+      a.eps = 1e-5f;
+      a.norm_weight = norm.get();
+      GemvArgs q = a, o = a, gu = a, dn = a;
+      q.out_dim = qkv_width, q.in_dim = D, q.w = wqkv, q.x_f32 = x.get(), q.y = qkv.get();
+      o.out_dim = D, o.in_dim = D, o.w = wo, o.x = attn.get(), o.output = GemvOutput::kAccumulate, o.y = x.get();
+      gu.out_dim = F, gu.in_dim = D, gu.w = wgu, gu.x_f32 = x.get(), gu.output = GemvOutput::kSwiGlu;
+      gu.act = act.get();
+      dn.out_dim = D, dn.in_dim = F, dn.w = wdown, dn.x = act.get(), dn.output = GemvOutput::kAccumulate;
+      dn.y = x.get();
+      for (const GemvArgs* g : {&q, &o, &gu, &dn}) LaunchGemv(*g, stream);
+    }
+    CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec;
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    std::vector<float> ms;
+    for (int i = 0; i < iters + 3; ++i) {
+      cudaEventRecord(e0, stream);
+      cudaGraphLaunch(exec, stream);
+      cudaEventRecord(e1, stream);
+      CUDA_CHECK(cudaEventSynchronize(e1));
+      float t = 0;
+      cudaEventElapsedTime(&t, e0, e1);
+      if (i >= 3) ms.push_back(t);
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    std::sort(ms.begin(), ms.end());
+    return ms[ms.size() / 2] * 1000.0 / layers;
+  };
+  GemvChainProbe p;
+  UM_ASSIGN_OR_RETURN(p.staged_us, measure(true));
+  UM_ASSIGN_OR_RETURN(p.register_us, measure(false));
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   cudaStreamDestroy(stream);

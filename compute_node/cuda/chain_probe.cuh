@@ -18,4 +18,14 @@ struct ChainProbe {
 // `iters` replays).
 absl::StatusOr<ChainProbe> MeasureKernelChain(int kernels, int blocks, int iters);
 
+// The four dense products of `layers` transformer blocks (qkv with its RMSNorm, wo, gate/up with
+// its RMSNorm and SwiGLU, down; one token; each block its own weights, zero-filled) as one graph
+// with PDL, as a decode step at batch 1 runs them without attention: µs a block for the staged
+// GEMV and for the register GEMV.
+struct GemvChainProbe {
+  double staged_us = 0;
+  double register_us = 0;
+};
+absl::StatusOr<GemvChainProbe> MeasureGemvChain(int model_dim, int ffn_dim, int qkv_width, int layers, int iters);
+
 }  // namespace ultramem::cuda

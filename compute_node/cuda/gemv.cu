@@ -206,15 +206,20 @@ static __global__ void __launch_bounds__(kStagedThreads) GemvStagedKernel(Staged
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int u0 = blockIdx.x * p.per_block;
   const int n = min(p.per_block, p.units - u0);
-  if (threadIdx.x == 0) {
-    const uint32_t bytes = static_cast<uint32_t>(n) * a.in_dim * 2;
-    MbarInit(bar, 1);
-    MbarInitFence();
-    MbarExpectTx(bar, kSwiGlu ? 2 * bytes : bytes);
-    BulkLoad(ws, a.w + static_cast<int64_t>(u0) * a.in_dim, bytes, bar);
-    if (kSwiGlu) {
-      BulkLoad(ws + static_cast<int64_t>(n) * a.in_dim, a.w + static_cast<int64_t>(a.out_dim + u0) * a.in_dim,
-               bytes, bar);
+  if (warp == 0) {
+    // Lane 0 arms the barrier with every byte; then the warp's lanes issue one bulk copy per
+    // weight row (row by row: one copy of the whole slice keeps too few bytes in flight).
+    const uint32_t row_bytes = static_cast<uint32_t>(a.in_dim) * 2;
+    const int rows = kSwiGlu ? 2 * n : n;
+    if (lane == 0) {
+      MbarInit(bar, 1);
+      MbarInitFence();
+      MbarExpectTx(bar, rows * row_bytes);
+    }
+    __syncwarp();
+    for (int r = lane; r < rows; r += 32) {
+      const int src = kSwiGlu && r >= n ? a.out_dim + u0 + (r - n) : u0 + r;
+      BulkLoad(ws + static_cast<int64_t>(r) * a.in_dim, a.w + static_cast<int64_t>(src) * a.in_dim, row_bytes, bar);
     }
   }
   // The norm's weights are weights too: into registers before the wait.

@@ -26,7 +26,8 @@ ABSL_FLAG(std::string, model, "", "model directory");
 ABSL_FLAG(std::string, batches, "1,16,64,256", "batch sizes");
 ABSL_FLAG(int, context, 512, "tokens already in each sequence's KV cache before the timed step");
 ABSL_FLAG(int, iters, 50, "timed replays per measurement");
-ABSL_FLAG(int, chain_kernels, 60, "also time a graph of this many dependent no-op kernels (0: skip)");
+ABSL_FLAG(int, chain_kernels, 60,
+          "also time a graph of this many dependent no-op kernels, and the dense products alone (0: skip)");
 
 namespace ultramem {
 namespace {
@@ -55,6 +56,15 @@ absl::Status Run() {
                   "%.2f with PDL released before the wait\n",
                   n, blocks, p.plain_us, p.pdl_us, p.pdl_early_us);
     }
+  }
+
+  if (absl::GetFlag(FLAGS_chain_kernels) > 0) {
+    const int qkv_width = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim;
+    UM_ASSIGN_OR_RETURN(cuda::GemvChainProbe g, cuda::MeasureGemvChain(cfg.hidden_size, cfg.intermediate_size,
+                                                                        qkv_width, cfg.num_layers, 20));
+    std::printf("dense products alone (%d blocks of qkv, wo, gate/up, down at 1 token, graph, PDL): %.2f us a block "
+                "staged, %.2f register GEMV\n",
+                cfg.num_layers, g.staged_us, g.register_us);
   }
 
   // Prefill every sequence to `ctx` tokens, one sequence per Forward.
