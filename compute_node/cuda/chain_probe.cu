@@ -14,9 +14,10 @@ namespace ultramem::cuda {
 namespace {
 
 // Every block reads the value its predecessor's block wrote (L2) and writes it plus one.
-template <bool kEarly>
+template <bool kEarly, bool kSleep = false>
 __global__ void ChainKernel(const int* in, int* out) {
   if (kEarly) AllowDependents();
+  if (kSleep) __nanosleep(2000);  // pre-wait work that only overlaps if the kernel starts early
   GridDependencyWait();
   if (!kEarly) AllowDependents();
   if (threadIdx.x == 0) out[blockIdx.x] = __ldcg(in + blockIdx.x) + 1;
@@ -33,14 +34,15 @@ absl::StatusOr<ChainProbe> MeasureKernelChain(int kernels, int blocks, int iters
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
   cudaEventCreate(&e1);
-  auto measure = [&](bool pdl, bool early) -> absl::StatusOr<double> {
+  auto measure = [&](bool pdl, bool early, bool sleep = false) -> absl::StatusOr<double> {
     ScopedPdl scope(pdl);
     cudaGraph_t graph;
     CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     for (int k = 0; k < kernels; ++k) {
       const int* in = buf.get() + (k % 2) * blocks;
       int* out = buf.get() + ((k + 1) % 2) * blocks;
-      LaunchKernel(early ? ChainKernel<true> : ChainKernel<false>, dim3(blocks), dim3(128), 0, stream, in, out);
+      LaunchKernel(sleep ? ChainKernel<true, true> : early ? ChainKernel<true> : ChainKernel<false>, dim3(blocks),
+                   dim3(128), 0, stream, in, out);
     }
     CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
     cudaGraphExec_t exec;
@@ -64,6 +66,7 @@ absl::StatusOr<ChainProbe> MeasureKernelChain(int kernels, int blocks, int iters
   UM_ASSIGN_OR_RETURN(p.plain_us, measure(false, false));
   UM_ASSIGN_OR_RETURN(p.pdl_us, measure(true, false));
   UM_ASSIGN_OR_RETURN(p.pdl_early_us, measure(true, true));
+  UM_ASSIGN_OR_RETURN(p.pdl_sleep_us, measure(true, true, true));
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   cudaStreamDestroy(stream);

@@ -12,6 +12,9 @@ struct ChainProbe {
   double plain_us = 0;        // ordinary launches
   double pdl_us = 0;          // programmatic dependent launch, next kernel released after the wait
   double pdl_early_us = 0;    // PDL, next kernel released before the wait (as the staged GEMV)
+  // As pdl_early_us with 2 us of work before each kernel's wait: about 2 if a kernel's prologue
+  // can only overlap its predecessor, well below if kernels further down the chain start early.
+  double pdl_sleep_us = 0;
 };
 
 // µs per kernel over a graph of `kernels` dependent kernels of `blocks` blocks each (median of

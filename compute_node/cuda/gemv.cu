@@ -191,7 +191,32 @@ struct StagedParams {
   GemvArgs a;
   int units;      // output rows, or SwiGLU columns (then two weight rows each)
   int per_block;  // units of each block (the last may have fewer)
+  bool trace;     // block 0 records its timeline (GemvTraceEnabled)
 };
+
+// The staged GEMV's trace (block 0 of each launch): a ring of records, the next slot's counter.
+constexpr int kTraceSlots = 1024;
+__device__ GemvTraceRecord g_gemv_trace[kTraceSlots];
+__device__ unsigned int g_gemv_trace_next;
+
+__device__ __forceinline__ unsigned long long GlobalTimer() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ bool MbarTestWait(uint64_t* bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n"
+      "}\n"
+      : "=r"(done)
+      : "r"(SmemAddr(bar)), "r"(parity)
+      : "memory");
+  return done != 0;
+}
 
 static __host__ __device__ int StagedXsBytes(int in_dim) { return (in_dim * 2 + 127) / 128 * 128; }
 
@@ -206,6 +231,13 @@ static __global__ void __launch_bounds__(kStagedThreads) GemvStagedKernel(Staged
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int u0 = blockIdx.x * p.per_block;
   const int n = min(p.per_block, p.units - u0);
+  const bool trace = p.trace && blockIdx.x == 0 && threadIdx.x == 0;
+  unsigned long long t_start = 0, c_start = 0, c_wait = 0, c_ready = 0;
+  bool ready_at_wait = false;
+  if (trace) {
+    t_start = GlobalTimer();
+    c_start = clock64();
+  }
   if (warp == 0) {
     // Lane 0 arms the barrier with every byte; then the warp's lanes issue one bulk copy per
     // weight row (row by row: one copy of the whole slice keeps too few bytes in flight).
@@ -234,6 +266,10 @@ static __global__ void __launch_bounds__(kStagedThreads) GemvStagedKernel(Staged
   }
   AllowDependents();
   GridDependencyWait();
+  if (trace) {
+    c_wait = clock64();
+    ready_at_wait = MbarTestWait(bar, 0);
+  }
 
   // After the wait: the residual this warp's rows add to (lane j holds row warp + 8j), and x.
   float prev = 0.0f;
@@ -282,6 +318,7 @@ static __global__ void __launch_bounds__(kStagedThreads) GemvStagedKernel(Staged
   }
   __syncthreads();
   MbarWait(bar, 0);
+  if (trace) c_ready = clock64();
 
   const int chunks = a.in_dim / 8;
   const uint4* x4 = reinterpret_cast<const uint4*>(xs);
@@ -307,6 +344,21 @@ static __global__ void __launch_bounds__(kStagedThreads) GemvStagedKernel(Staged
       } else {
         a.y[u] = a.output == GemvOutput::kAccumulate ? old + acc_a : acc_a;
       }
+    }
+  }
+  if (p.trace && blockIdx.x == 0) {
+    __syncthreads();  // the block's outputs are written
+    if (threadIdx.x == 0) {
+      GemvTraceRecord r;
+      r.out_dim = a.out_dim;
+      r.in_dim = a.in_dim;
+      r.start_ns = t_start;
+      r.end_ns = GlobalTimer();
+      r.wait_cycles = c_wait - c_start;
+      r.ready_cycles = c_ready - c_wait;
+      r.end_cycles = clock64() - c_ready;
+      r.ready_at_wait = ready_at_wait;
+      g_gemv_trace[atomicAdd(&g_gemv_trace_next, 1u) % kTraceSlots] = r;
     }
   }
 }
@@ -339,6 +391,30 @@ static void LaunchStaged(const StagedParams& p, int blocks, size_t smem, cudaStr
   LaunchKernel(GemvStagedKernel<kNorm, kSwiGlu>, dim3(blocks), dim3(kStagedThreads), smem, stream, p);
 }
 
+bool GemvTraceEnabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("UM_CUDA_GEMV_TRACE");
+    return v != nullptr && std::atoi(v) != 0;
+  }();
+  return enabled;
+}
+
+std::vector<GemvTraceRecord> TakeGemvTrace() {
+  unsigned int next = 0;
+  std::vector<GemvTraceRecord> out;
+  if (cudaMemcpyFromSymbol(&next, g_gemv_trace_next, sizeof(next)) != cudaSuccess) return out;
+  const unsigned int n = std::min<unsigned int>(next, kTraceSlots);
+  out.resize(n);
+  if (n > 0 && cudaMemcpyFromSymbol(out.data(), g_gemv_trace, n * sizeof(GemvTraceRecord)) != cudaSuccess) {
+    out.clear();
+  }
+  // Oldest first when the ring wrapped.
+  if (next > kTraceSlots) std::rotate(out.begin(), out.begin() + next % kTraceSlots, out.end());
+  const unsigned int zero = 0;
+  cudaMemcpyToSymbol(g_gemv_trace_next, &zero, sizeof(zero));
+  return out;
+}
+
 bool GemvStagedEnabled() {
   static const bool enabled = [] {
     const char* v = std::getenv("UM_CUDA_GEMV_STAGED");
@@ -353,6 +429,7 @@ static bool TryLaunchStaged(const GemvArgs& a, cudaStream_t stream) {
   int blocks = 0;
   size_t smem = 0;
   if (!StagedShape(a, &p, &blocks, &smem)) return false;
+  p.trace = GemvTraceEnabled();
   const bool norm = a.x_f32 != nullptr, swiglu = a.output == GemvOutput::kSwiGlu;
   if (norm) {
     swiglu ? LaunchStaged<true, true>(p, blocks, smem, stream) : LaunchStaged<true, false>(p, blocks, smem, stream);

@@ -22,6 +22,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace ultramem::cuda {
 
@@ -62,6 +63,20 @@ void LaunchGemv(const GemvArgs& args, cudaStream_t stream);
 
 // False when the environment sets UM_CUDA_GEMV_STAGED=0 (read once).
 bool GemvStagedEnabled();
+
+// The staged GEMV's timeline, for UM_CUDA_GEMV_TRACE=1 (read once): block 0 of every launch
+// records when it started (before its PDL wait), the cycles to the wait's return, from there to
+// its input and weights being ready, and to its outputs written, and whether the weights were
+// already in shared memory when the wait returned.
+struct GemvTraceRecord {
+  int out_dim, in_dim;
+  unsigned long long start_ns, end_ns;  // %globaltimer
+  unsigned long long wait_cycles, ready_cycles, end_cycles;
+  bool ready_at_wait;
+};
+bool GemvTraceEnabled();
+// The records since the last call (at most the last 1024), oldest first; clears them.
+std::vector<GemvTraceRecord> TakeGemvTrace();
 
 // y[T, out] (+)= x[T, in] · W[out, in]ᵀ.
 void LaunchGemvBf16(const __nv_bfloat16* x, int tokens, const __nv_bfloat16* w, int out_dim,

@@ -7,6 +7,7 @@
 //                       [--chain_kernels 60]
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -20,6 +21,7 @@
 #include "common/tool_main.h"
 #include "compute_node/cuda/chain_probe.cuh"
 #include "compute_node/cuda/cuda_engine.h"
+#include "compute_node/cuda/gemv.cuh"
 #include "compute_node/model_runtime.h"
 
 ABSL_FLAG(std::string, model, "", "model directory");
@@ -31,6 +33,40 @@ ABSL_FLAG(int, chain_kernels, 60,
 
 namespace ultramem {
 namespace {
+
+// UM_CUDA_GEMV_TRACE=1: one more graph replay of the last step, then the staged GEMV's timeline
+// by product shape (block 0 of each launch; means over the step's launches of that shape).
+void PrintGemvTrace(Engine* engine) {
+  cuda::TakeGemvTrace();
+  if (!CudaReplayLastStepMicros(engine, 1, true).ok()) return;
+  std::vector<cuda::GemvTraceRecord> recs = cuda::TakeGemvTrace();
+  if (recs.empty()) return;
+  int device = 0, khz = 1;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device);
+  const double us_per_cycle = 1e3 / khz;
+  std::map<std::pair<int, int>, std::vector<const cuda::GemvTraceRecord*>> by_shape;
+  for (const auto& r : recs) by_shape[{r.out_dim, r.in_dim}].push_back(&r);
+  std::printf("staged GEMV trace (block 0, %zu launches of one graph step; us, SM clock %.0f MHz):\n", recs.size(),
+              khz / 1e3);
+  std::printf("  %6s %6s %5s %12s %14s %12s %10s %14s\n", "out", "in", "n", "start->wait", "wait->ready", "ready->end",
+              "span", "ready at wait");
+  for (const auto& [shape, rs] : by_shape) {
+    double wait = 0, ready = 0, end = 0, span = 0, at = 0;
+    for (const auto* r : rs) {
+      wait += r->wait_cycles * us_per_cycle;
+      ready += r->ready_cycles * us_per_cycle;
+      end += r->end_cycles * us_per_cycle;
+      span += (r->end_ns - r->start_ns) / 1e3;
+      at += r->ready_at_wait;
+    }
+    const double n = static_cast<double>(rs.size());
+    std::printf("  %6d %6d %5zu %12.2f %14.2f %12.2f %10.2f %13.0f%%\n", shape.first, shape.second, rs.size(),
+                wait / n, ready / n, end / n, span / n, 100 * at / n);
+  }
+  const double step_us = (recs.back().end_ns - recs.front().start_ns) / 1e3;
+  std::printf("  first traced start to last traced end: %.1f us\n", step_us);
+}
 
 absl::Status Run() {
   ModelRuntimeOptions ro;
@@ -53,8 +89,8 @@ absl::Status Run() {
     for (int blocks : {1, 132}) {
       UM_ASSIGN_OR_RETURN(cuda::ChainProbe p, cuda::MeasureKernelChain(n, blocks, 20));
       std::printf("dependent kernel chain (%d kernels of %d blocks, graph): %.2f us a kernel plain, %.2f with PDL, "
-                  "%.2f with PDL released before the wait\n",
-                  n, blocks, p.plain_us, p.pdl_us, p.pdl_early_us);
+                  "%.2f with PDL released before the wait, %.2f with 2 us of work before each wait\n",
+                  n, blocks, p.plain_us, p.pdl_us, p.pdl_early_us, p.pdl_sleep_us);
     }
   }
 
@@ -107,6 +143,7 @@ absl::Status Run() {
     const double forward_us = wall[3];
     UM_ASSIGN_OR_RETURN(double graph_us, CudaReplayLastStepMicros(rt->engine.get(), iters, true));
     UM_ASSIGN_OR_RETURN(double eager_us, CudaReplayLastStepMicros(rt->engine.get(), iters, false));
+    if (B == 1 && cuda::GemvTraceEnabled()) PrintGemvTrace(rt->engine.get());
     const int64_t ctx_now = seqs[0]->length();
     const int64_t kv_bytes = int64_t{B} * cfg.num_layers * 2 * ctx_now * cfg.num_key_value_heads *
                              cfg.head_dim * 2;
