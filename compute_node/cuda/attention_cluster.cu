@@ -1,7 +1,7 @@
 // The decode attention on thread-block clusters (attention.cuh, LaunchAttention's decode path
 // for head_dim 64/128 and group 1/2/4/8).
 //
-// A (token, kv head) is one cluster of kClusterSplits blocks, each owning a contiguous range of
+// A (token, kv head) is one cluster of kSplits (8) blocks, each owning a contiguous range of
 // the context. Before its PDL wait a block starts copying its first tile of K and V rows (written
 // by earlier steps) into shared memory with cp.async, so the cache read overlaps the qkv product;
 // after the wait it reads q and the token's own k and v, appends those to the cache (the block
@@ -260,8 +260,8 @@ void LaunchT(const ClusterArgs& a, int tokens, cudaStream_t stream) {
     return true;
   }();
   (void)configured;
-  LaunchClusterKernel(AttentionClusterKernel<kHD, kG>, kSplits, dim3(kSplits, a.num_kv_heads, tokens),
-                      dim3(kThreads), smem, stream, a);
+  LaunchKernelIn(kSplits, AttentionClusterKernel<kHD, kG>, dim3(kSplits, a.num_kv_heads, tokens), dim3(kThreads),
+                 smem, stream, a);
 }
 
 template <int kHD>

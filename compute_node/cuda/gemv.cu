@@ -175,9 +175,9 @@ static __global__ void __launch_bounds__(kThreads) GemvKernel(GemvParams p) {
 
 // ---- The staged GEMV: one token, each block's whole weight slice in shared memory. ----
 //
-// One block per multiprocessor (at most) owns a contiguous run of output units; its first thread
-// starts bulk copies of those weight rows into shared memory and the block lets the next kernel
-// of the stream launch, both before waiting on the previous kernel. So the weights of the next
+// One block per multiprocessor (at most) owns a contiguous run of output units; the lanes of its
+// first warp start bulk copies of those weight rows into shared memory and the block lets the
+// next kernel of the stream launch, both before waiting on the previous kernel. So the weights of the next
 // few products stream in while earlier kernels still run (each block holds a slice of at most
 // kStagedMaxWeightBytes, so several such kernels fit on a multiprocessor at once), and after its
 // wait a block only reads x (and the residual it adds to) from L2.
@@ -275,10 +275,11 @@ static __global__ void __launch_bounds__(kStagedThreads) GemvStagedKernel(Staged
   float prev = 0.0f;
   if (a.output == GemvOutput::kAccumulate) {
     const int i = warp + kStagedWarps * lane;
-    if (i < n) prev = a.y[u0 + i];
+    if (i < n) prev = __ldcg(a.y + u0 + i);
   }
   if constexpr (kNorm) {
-    const int src = a.rows != nullptr ? a.rows[0] : 0;
+    // Written by earlier kernels, some of which may share this multiprocessor's L1: read via L2.
+    const int src = a.rows != nullptr ? __ldcg(a.rows) : 0;
     const float4* row = reinterpret_cast<const float4*>(a.x_f32 + static_cast<int64_t>(src) * a.in_dim);
     float4 v[kStagedMaxF4];
     float ss = 0.0f;
@@ -286,7 +287,7 @@ static __global__ void __launch_bounds__(kStagedThreads) GemvStagedKernel(Staged
     for (int i = 0; i < kStagedMaxF4; ++i) {
       const int c = threadIdx.x + i * kStagedThreads;
       if (c < f4s) {
-        v[i] = row[c];
+        v[i] = __ldcg(row + c);
         ss += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
       }
     }
@@ -313,7 +314,7 @@ static __global__ void __launch_bounds__(kStagedThreads) GemvStagedKernel(Staged
     }
   } else {
     for (int c = threadIdx.x; c < a.in_dim / 8; c += kStagedThreads) {
-      reinterpret_cast<uint4*>(xs)[c] = reinterpret_cast<const uint4*>(a.x)[c];
+      reinterpret_cast<uint4*>(xs)[c] = __ldcg(reinterpret_cast<const uint4*>(a.x) + c);
     }
   }
   __syncthreads();

@@ -59,44 +59,41 @@ __device__ __forceinline__ void PrefetchL2(const void* p, int bytes) {
 #endif
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute when enabled. Errors
-// surface through cudaGetLastError() as for <<<>>>.
+// kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute when enabled, in
+// thread-block clusters of `cluster_x` blocks along x when that is above 0 (grid.x a multiple of
+// it). Errors surface through cudaGetLastError() as for <<<>>>.
 template <typename... Params, typename... Args>
-void LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
-                  cudaStream_t stream, Args&&... args) {
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+void LaunchKernelIn(int cluster_x, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                    cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  if (cluster_x > 0) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = cluster_x;
+    attr[n].val.clusterDim.y = 1;
+    attr[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  if (PdlActive() && stream != nullptr) {  // not on the legacy stream
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
   config.attrs = attr;
-  config.numAttrs = PdlActive() && stream != nullptr ? 1 : 0;  // not on the legacy stream
+  config.numAttrs = n;
   cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
-// The same for a kernel launched in thread-block clusters of `cluster_x` blocks along x (grid.x a
-// multiple of it).
+// The same without clusters.
 template <typename... Params, typename... Args>
-void LaunchClusterKernel(void (*kernel)(Params...), int cluster_x, dim3 grid, dim3 block, size_t smem,
-                         cudaStream_t stream, Args&&... args) {
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = cluster_x;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  config.attrs = attr;
-  config.numAttrs = PdlActive() && stream != nullptr ? 2 : 1;
-  cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+void LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                  Args&&... args) {
+  LaunchKernelIn(0, kernel, grid, block, smem, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace ultramem::cuda
