@@ -18,6 +18,7 @@
 #include "compute_node/cuda/attention_item.cuh"
 #include "compute_node/cuda/bulk_copy.cuh"
 #include "compute_node/cuda/launch.cuh"
+#include "compute_node/cuda/skinny_ops.cuh"
 
 namespace ultramem::cuda {
 namespace {
@@ -153,7 +154,7 @@ __global__ void __launch_bounds__(kThreads) AttentionClusterKernel(ClusterArgs a
 #pragma unroll
         for (int c = 0; c < kChunks; ++c) {
           float kf[8];
-          Bf16x8ToFloat(kr[c], kf);
+          Bf16x8ToFloat(LoadShared16(kr + c), kf);
 #pragma unroll
           for (int j = 0; j < kGPer; ++j) {
             const int g = gs + kGS * j;

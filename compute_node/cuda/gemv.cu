@@ -329,9 +329,9 @@ static __global__ void __launch_bounds__(kStagedThreads) GemvStagedKernel(Staged
     float acc_a = 0.0f, acc_b = 0.0f;
 #pragma unroll 4
     for (int c = lane; c < chunks; c += 32) {
-      const uint4 xv = x4[c];
-      acc_a += Dot8(wa[c], xv);
-      if (kSwiGlu) acc_b += Dot8(wb[c], xv);
+      const uint4 xv = LoadShared16(x4 + c);
+      acc_a += Dot8(LoadShared16(wa + c), xv);
+      if (kSwiGlu) acc_b += Dot8(LoadShared16(wb + c), xv);
     }
     for (int o = 16; o > 0; o >>= 1) {
       acc_a += __shfl_xor_sync(0xffffffffu, acc_a, o);

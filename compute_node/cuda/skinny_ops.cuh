@@ -1,5 +1,6 @@
-// Pieces the skinny products share (the GEMV, the tensor-core skinny GEMM, the persistent decode
-// kernel): a streaming 16-byte weight load and the fp32 dot product of eight bf16 pairs.
+// Pieces the skinny products share (the GEMVs, the tensor-core skinny GEMM, the persistent decode
+// kernel, the cluster attention): a streaming 16-byte weight load, a 16-byte shared-memory load
+// and the fp32 dot product of eight bf16 pairs.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -13,6 +14,17 @@ __device__ __forceinline__ uint4 LoadStream(const uint4* p) {
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
+  return v;
+}
+
+// A 16-byte load from shared memory as one ld.shared.v4: left to itself the compiler splits a
+// uint4 read through a reference that is then reinterpreted as bf16 pairs (Dot8, Bf16x8ToFloat)
+// into eight 4-byte loads.
+__device__ __forceinline__ uint4 LoadShared16(const void* p) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(p))));
   return v;
 }
 
