@@ -1,7 +1,7 @@
 // Small builders for Prometheus metrics (prometheus-cpp), shared by the memory server, the
 // compute node's serving metrics and the gateway: one unlabeled series in a family of its own, a
-// labeled family, and doubling histogram buckets. Header-only: a target that includes it links
-// prometheus-cpp::core itself.
+// labeled family, doubling histogram buckets, and a counter per gRPC status code. Header-only: a
+// target that includes it links prometheus-cpp::core (and absl::status) itself.
 #pragma once
 
 #include "prometheus/counter.h"
@@ -10,7 +10,10 @@
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 
+#include <array>
 #include <string>
+
+#include "absl/status/status.h"
 
 namespace ultramem {
 
@@ -45,5 +48,29 @@ inline prometheus::Family<prometheus::Gauge>& AddGaugeFamily(prometheus::Registr
                                                              const std::string& help) {
   return prometheus::BuildGauge().Name(name).Help(help).Register(r);
 }
+
+// A counter family labeled {code} with the gRPC status names, one series for every code from
+// `first` (0: OK too, 1: errors only) to UNAUTHENTICATED (16), added up front so that each shows
+// from the start and counting takes no label lookup. A code outside 0..16 counts as UNKNOWN; one
+// below `first` is not counted.
+class StatusCodeCounters {
+ public:
+  StatusCodeCounters(prometheus::Registry& r, const std::string& name, const std::string& help, int first)
+      : family_(AddCounterFamily(r, name, help)) {
+    for (int i = first; i < kCodes; ++i) {
+      counters_[i] = &family_.Add({{"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(i))}});
+    }
+  }
+  void Count(absl::StatusCode code) {
+    int i = static_cast<int>(code);
+    if (i < 0 || i >= kCodes) i = static_cast<int>(absl::StatusCode::kUnknown);
+    if (counters_[i] != nullptr) counters_[i]->Increment();
+  }
+
+ private:
+  static constexpr int kCodes = 17;
+  prometheus::Family<prometheus::Counter>& family_;
+  std::array<prometheus::Counter*, kCodes> counters_{};
+};
 
 }  // namespace ultramem

@@ -30,16 +30,7 @@ MemoryMetrics::MemoryMetrics(prometheus::Registry& registry)
       hot_capacity_bytes(AddGauge(registry, "ultramem_memory_hot_capacity_bytes", "Capacity of the hot tier in bytes")),
       requests_in_flight(AddGauge(registry, "ultramem_memory_requests_in_flight", "Lookup calls being served")),
       store_info(AddGaugeFamily(registry, "ultramem_memory_store_info", "1 for the store version being served")),
-      errors_(AddCounterFamily(registry, "ultramem_memory_errors_total", "Failed calls by gRPC status code")) {
-  for (int i = 1; i < 17; ++i) {
-    error_counters_[i] = &errors_.Add({{"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(i))}});
-  }
-}
-
-void MemoryMetrics::CountError(absl::StatusCode code) {
-  const int i = static_cast<int>(code);
-  if (i > 0 && i < 17) error_counters_[i]->Increment();
-}
+      errors_(registry, "ultramem_memory_errors_total", "Failed calls by gRPC status code", 1) {}
 
 void MemoryMetrics::CountRows(int64_t hot, int64_t cold) {
   if (hot > 0) rows_hot.Increment(static_cast<double>(hot));

@@ -2,10 +2,10 @@
 // service. Thread safe.
 #pragma once
 
-#include <array>
 #include <memory>
 
 #include "absl/status/status.h"
+#include "common/prometheus_util.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
@@ -43,13 +43,12 @@ class MemoryMetrics {
   prometheus::Family<prometheus::Gauge>& store_info;
 
   // ultramem_memory_errors_total{code}: failed calls by gRPC code name (a bounded set).
-  void CountError(absl::StatusCode code);
+  void CountError(absl::StatusCode code) { errors_.Count(code); }
   // Adds a lookup's tier counts and refreshes the hit ratio.
   void CountRows(int64_t hot, int64_t cold);
 
  private:
-  prometheus::Family<prometheus::Counter>& errors_;
-  std::array<prometheus::Counter*, 17> error_counters_{};
+  StatusCodeCounters errors_;
 };
 
 }  // namespace ultramem::memory

@@ -23,19 +23,10 @@ GatewayMetrics::GatewayMetrics(prometheus::Registry& registry)
       backends_healthy(AddGauge(registry, "ultramem_gateway_backends_healthy", "Compute nodes healthy at the last poll")),
       backends_known(AddGauge(registry, "ultramem_gateway_backends_known",
                               "Compute nodes known now: fixed addresses and those resolved from names")),
-      requests_(AddCounterFamily(registry, "ultramem_gateway_requests_total",
-                                 "Chat and ListModels calls by final gRPC status code")),
+      requests_(registry, "ultramem_gateway_requests_total", "Chat and ListModels calls by final gRPC status code",
+                0),
       backend_requests_(AddCounterFamily(registry, "ultramem_gateway_backend_requests_total",
-                                         "Calls forwarded to each compute node (retries included)")) {
-  for (int i = 0; i < 17; ++i) {
-    request_counters_[i] = &requests_.Add({{"code", StatusCodeName(static_cast<absl::StatusCode>(i))}});
-  }
-}
-
-void GatewayMetrics::CountRequest(absl::StatusCode code) {
-  const int i = static_cast<int>(code);
-  request_counters_[(i >= 0 && i < 17) ? i : 2]->Increment();
-}
+                                         "Calls forwarded to each compute node (retries included)")) {}
 
 prometheus::Counter& GatewayMetrics::AcquireBackendRequests(const std::string& backend) {
   absl::MutexLock lock(&backend_mu_);

@@ -2,11 +2,11 @@
 // handed to the service and the backend pool. Thread safe.
 #pragma once
 
-#include <array>
 #include <map>
 #include <string>
 
 #include "absl/status/status.h"
+#include "common/prometheus_util.h"
 #include "absl/synchronization/mutex.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
@@ -21,7 +21,7 @@ class GatewayMetrics {
   explicit GatewayMetrics(prometheus::Registry& registry);
 
   // ultramem_gateway_requests_total{code}: Chat and ListModels calls by final gRPC code name.
-  void CountRequest(absl::StatusCode code);
+  void CountRequest(absl::StatusCode code) { requests_.Count(code); }
   // ultramem_gateway_backend_requests_total{backend}: calls sent to one backend (retries count
   // again). The labels are the backends known now (fixed addresses as configured, resolved ones
   // as "ip:port"): each Backend acquires its counter and releases it when destroyed, and the
@@ -41,9 +41,8 @@ class GatewayMetrics {
   prometheus::Gauge& backends_known;
 
  private:
-  prometheus::Family<prometheus::Counter>& requests_;
+  StatusCodeCounters requests_;
   prometheus::Family<prometheus::Counter>& backend_requests_;
-  std::array<prometheus::Counter*, 17> request_counters_{};
   absl::Mutex backend_mu_;
   std::map<std::string, int> backend_holders_ ABSL_GUARDED_BY(backend_mu_);
 };
