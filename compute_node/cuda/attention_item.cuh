@@ -12,6 +12,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "common/cuda/bf16.cuh"
 #include "compute_node/cuda/kv_cache.cuh"
 #include "compute_node/cuda/launch.cuh"
 
@@ -43,16 +44,6 @@ struct AttentionItemSmem {
   float red[kFastWarps][kG][kHD];
   int last;
 };
-
-__device__ __forceinline__ void Bf16x8ToFloat(const uint4& raw, float* f) {
-  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int u = 0; u < 4; ++u) {
-    const float2 v = __bfloat1622float2(pairs[u]);
-    f[2 * u] = v.x;
-    f[2 * u + 1] = v.y;
-  }
-}
 
 template <int kHD, int kG, class Sync, class Wait>
 __device__ __forceinline__ void AttentionItem(AttentionItemSmem<kHD, kG>& sm, const AttentionItemArgs& args,

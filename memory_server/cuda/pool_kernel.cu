@@ -9,23 +9,16 @@
 
 #include <algorithm>
 
+#include "common/cuda/bf16.cuh"
 #include "memory_server/cuda/cuda_check.h"
 
 namespace ultramem::memory::cuda {
 namespace {
 
+using ::ultramem::cuda::Bf16x8ToFloat;
+
 constexpr int kMaxThreads = 256;
 constexpr int kFewTokens = 264;  // 2 blocks per SM of an H100/H200 (132 SMs)
-
-__device__ __forceinline__ void Unpack8(const uint4& raw, float* f) {
-  const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int u = 0; u < 4; ++u) {
-    const float2 v = __bfloat1622float2(p[u]);
-    f[2 * u] = v.x;
-    f[2 * u + 1] = v.y;
-  }
-}
 
 __device__ __forceinline__ const __nv_bfloat16* Row(const PoolLaunch& p, int64_t slot) {
   return slot < p.num_slots ? p.table + slot * p.width : p.extra + (slot - p.num_slots) * p.width;
@@ -78,7 +71,7 @@ __global__ void __launch_bounds__(kMaxThreads) PoolVec8Kernel(const PoolLaunch p
         const float w = p.scores[(k + u) * p.cores + core];
         float* a = my_acc + p.groups[k + u] * p.width + c8;
         float f[8];
-        Unpack8(raw[u], f);
+        Bf16x8ToFloat(raw[u], f);
 #pragma unroll
         for (int i = 0; i < 8; ++i) a[i] += w * f[i];
       }
@@ -89,7 +82,7 @@ __global__ void __launch_bounds__(kMaxThreads) PoolVec8Kernel(const PoolLaunch p
       const float w = p.scores[k * p.cores + core];
       float* a = my_acc + p.groups[k] * p.width + c8;
       float f[8];
-      Unpack8(*reinterpret_cast<const uint4*>(Row(p, slot) + c8), f);
+      Bf16x8ToFloat(*reinterpret_cast<const uint4*>(Row(p, slot) + c8), f);
 #pragma unroll
       for (int i = 0; i < 8; ++i) a[i] += w * f[i];
     }
