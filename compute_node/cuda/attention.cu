@@ -90,23 +90,12 @@ static __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     // Online softmax: warp w updates heads w, w+4, ...
     for (int g = warp; g < group; g += kThreads / 32) {
-      float* sg = sc + g * kThreads;
-      float mx = -INFINITY;
-      for (int j = lane; j < kThreads; j += 32) mx = fmaxf(mx, sg[j]);
-      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      const float m_new = fmaxf(m_run[g], mx);
-      float sum = 0.0f;
-      for (int j = lane; j < kThreads; j += 32) {
-        const float e = __expf(sg[j] - m_new);
-        sg[j] = e;
-        sum += e;
-      }
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      const SoftmaxTile st = WarpSoftmaxTile<kThreads>(sc + g * kThreads, m_run[g], lane);
       if (lane == 0) {
-        const float r = __expf(m_run[g] - m_new);
+        const float r = __expf(m_run[g] - st.m_new);
         rescale[g] = r;
-        l_run[g] = l_run[g] * r + sum;
-        m_run[g] = m_new;
+        l_run[g] = l_run[g] * r + st.sum;
+        m_run[g] = st.m_new;
       }
     }
     __syncthreads();

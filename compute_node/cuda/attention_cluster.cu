@@ -179,22 +179,10 @@ __global__ void __launch_bounds__(kThreads) AttentionClusterKernel(ClusterArgs a
       const int g = warp + kWarps * j;
       if (g >= kG) break;
       float* sg = sm.s[g];
-      float mx = -INFINITY;
-#pragma unroll
-      for (int p = lane; p < kTileP; p += 32) mx = fmaxf(mx, sg[p]);
-      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      const float m_new = fmaxf(m_run[j], mx);  // finite: the tile has a position
-      float sum = 0.0f;
-#pragma unroll
-      for (int p = lane; p < kTileP; p += 32) {
-        const float e = __expf(sg[p] - m_new);
-        sg[p] = e;
-        sum += e;
-      }
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      const float alpha = __expf(m_run[j] - m_new);
-      l_run[j] = l_run[j] * alpha + sum;
-      m_run[j] = m_new;
+      const SoftmaxTile st = WarpSoftmaxTile<kTileP>(sg, m_run[j], lane);  // m_new finite: a position
+      const float alpha = __expf(m_run[j] - st.m_new);
+      l_run[j] = l_run[j] * alpha + st.sum;
+      m_run[j] = st.m_new;
 #pragma unroll
       for (int i = 0; i < kDL; ++i) acc[j][i] *= alpha;
       __syncwarp();

@@ -45,6 +45,31 @@ struct AttentionItemSmem {
   int last;
 };
 
+// One tile of an online softmax on one warp: s[0..kN) are the tile's scores (-inf where no
+// position), exponentiated in place against the new running maximum max(m_run, max s); returns
+// that maximum and the sum of the exponentials. Callers rescale their running sums by
+// exp(m_run - m_new).
+struct SoftmaxTile {
+  float m_new, sum;
+};
+template <int kN>
+__device__ __forceinline__ SoftmaxTile WarpSoftmaxTile(float* s, float m_run, int lane) {
+  float mx = -INFINITY;
+#pragma unroll
+  for (int j = lane; j < kN; j += 32) mx = fmaxf(mx, s[j]);
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  const float m_new = fmaxf(m_run, mx);
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = lane; j < kN; j += 32) {
+    const float e = __expf(s[j] - m_new);
+    s[j] = e;
+    sum += e;
+  }
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  return {m_new, sum};
+}
+
 template <int kHD, int kG, class Sync, class Wait>
 __device__ __forceinline__ void AttentionItem(AttentionItemSmem<kHD, kG>& sm, const AttentionItemArgs& args,
                                               int t, int kvh, int split, int tid, Sync sync, Wait wait) {
@@ -174,23 +199,12 @@ __device__ __forceinline__ void AttentionItem(AttentionItemSmem<kHD, kG>& sm, co
     sync();
     // Online softmax: warp w updates heads w, w + 4, ...
     for (int g = warp; g < kG; g += kFastWarps) {
-      float* pg = sm.p[g];
-      float mx = -INFINITY;
-      for (int j = lane; j < kTile; j += 32) mx = fmaxf(mx, pg[j]);
-      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      const float m_new = fmaxf(sm.m_run[g], mx);
-      float sum = 0.0f;
-      for (int j = lane; j < kTile; j += 32) {
-        const float e = __expf(pg[j] - m_new);
-        pg[j] = e;
-        sum += e;
-      }
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      const SoftmaxTile st = WarpSoftmaxTile<kTile>(sm.p[g], sm.m_run[g], lane);
       if (lane == 0) {
-        const float r = __expf(sm.m_run[g] - m_new);
+        const float r = __expf(sm.m_run[g] - st.m_new);
         sm.rescale[g] = r;
-        sm.l_run[g] = sm.l_run[g] * r + sum;
-        sm.m_run[g] = m_new;
+        sm.l_run[g] = sm.l_run[g] * r + st.sum;
+        sm.m_run[g] = st.m_new;
       }
     }
     sync();
