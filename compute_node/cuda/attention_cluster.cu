@@ -12,7 +12,6 @@
 #include <cooperative_groups.h>
 
 #include <atomic>
-#include <cstdlib>
 
 #include "compute_node/cuda/attention.cuh"
 #include "compute_node/cuda/attention_item.cuh"
@@ -269,10 +268,7 @@ std::atomic<int> cluster_override{-1};  // -1: the environment decides
 }  // namespace
 
 bool AttentionClusterEnabled() {
-  static const bool from_env = [] {
-    const char* v = std::getenv("UM_CUDA_ATTN_CLUSTER");
-    return v == nullptr || std::atoi(v) != 0;
-  }();
+  static const bool from_env = EnvInt("UM_CUDA_ATTN_CLUSTER", 1) != 0;
   const int o = cluster_override.load(std::memory_order_relaxed);
   return o < 0 ? from_env : o != 0;
 }

@@ -58,8 +58,7 @@ absl::Status CudaEngine::BuildDecodePhases() {
   // stream (UM_CUDA_DECODE_KERNEL_FREE_SMS, default 8): the kernel takes every register of its SMs.
   int free_sms = 0;
   if (J > 0 && device_pool_) {
-    const char* env = std::getenv("UM_CUDA_DECODE_KERNEL_FREE_SMS");
-    free_sms = env != nullptr ? std::atoi(env) : 8;
+    free_sms = EnvInt("UM_CUDA_DECODE_KERNEL_FREE_SMS", 8);
   }
   decode_grid_ = std::max(1, sm_count_ - std::max(0, free_sms));
   const char* trace = std::getenv("UM_CUDA_DECODE_TRACE");

@@ -2,7 +2,6 @@
 #include "compute_node/cuda/gemv.cuh"
 
 #include <algorithm>
-#include <cstdlib>
 
 #include "compute_node/cuda/bulk_copy.cuh"
 #include "compute_node/cuda/launch.cuh"
@@ -393,10 +392,7 @@ static void LaunchStaged(const StagedParams& p, int blocks, size_t smem, cudaStr
 }
 
 bool GemvTraceEnabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("UM_CUDA_GEMV_TRACE");
-    return v != nullptr && std::atoi(v) != 0;
-  }();
+  static const bool enabled = EnvInt("UM_CUDA_GEMV_TRACE", 0) != 0;
   return enabled;
 }
 
@@ -417,10 +413,7 @@ std::vector<GemvTraceRecord> TakeGemvTrace() {
 }
 
 bool GemvStagedEnabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("UM_CUDA_GEMV_STAGED");
-    return v == nullptr || std::atoi(v) != 0;
-  }();
+  static const bool enabled = EnvInt("UM_CUDA_GEMV_STAGED", 1) != 0;
   return enabled;
 }
 
@@ -477,10 +470,7 @@ static void LaunchForTokens(const GemvArgs& a, cudaStream_t stream) {
 }
 
 int GemvMaxTokens() {
-  static const int limit = [] {
-    const char* v = std::getenv("UM_CUDA_GEMV_MAX_TOKENS");
-    return v == nullptr ? kPreferredGemvTokens : std::clamp(std::atoi(v), 0, kMaxGemvTokens);
-  }();
+  static const int limit = std::clamp(EnvInt("UM_CUDA_GEMV_MAX_TOKENS", kPreferredGemvTokens), 0, kMaxGemvTokens);
   return limit;
 }
 

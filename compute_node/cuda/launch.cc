@@ -27,6 +27,11 @@ ScopedPdl::~ScopedPdl() { pdl_on_this_thread = saved_; }
 
 bool PdlActive() { return pdl_on_this_thread && PdlEnabled(); }
 
+int EnvInt(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? fallback : std::atoi(v);
+}
+
 int SmCount() {
   static const int count = [] {
     int device = 0, n = 0;

@@ -36,6 +36,10 @@ bool PdlActive();
 // The number of multiprocessors of the current device (read once).
 int SmCount();
 
+// The integer in environment variable `name` (atoi), or `fallback` when it is not set. The
+// engine's measuring knobs (UM_CUDA_...) read it once each.
+int EnvInt(const char* name, int fallback);
+
 __device__ __forceinline__ void GridDependencyWait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
