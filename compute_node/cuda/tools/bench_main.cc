@@ -7,8 +7,8 @@
 //                       [--chain_kernels 60]
 #include <algorithm>
 #include <chrono>
-#include <map>
 #include <cstdio>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -22,6 +22,7 @@
 #include "compute_node/cuda/chain_probe.cuh"
 #include "compute_node/cuda/cuda_engine.h"
 #include "compute_node/cuda/gemv.cuh"
+#include "compute_node/cuda/launch.cuh"
 #include "compute_node/model_runtime.h"
 
 ABSL_FLAG(std::string, model, "", "model directory");
@@ -34,8 +35,8 @@ ABSL_FLAG(int, chain_kernels, 60,
 namespace ultramem {
 namespace {
 
-// UM_CUDA_GEMV_TRACE=1: one more graph replay of the last step, then the staged GEMV's timeline
-// by product shape (block 0 of each launch; means over the step's launches of that shape).
+// UM_CUDA_GEMV_TRACE=1: one more graph replay of the last step (with its warm-up replays), then
+// the staged GEMV's timeline by product shape (block 0 of each launch; means over those replays).
 void PrintGemvTrace(Engine* engine) {
   cuda::TakeGemvTrace();
   if (!CudaReplayLastStepMicros(engine, 1, true).ok()) return;
@@ -47,8 +48,8 @@ void PrintGemvTrace(Engine* engine) {
   const double us_per_cycle = 1e3 / khz;
   std::map<std::pair<int, int>, std::vector<const cuda::GemvTraceRecord*>> by_shape;
   for (const auto& r : recs) by_shape[{r.out_dim, r.in_dim}].push_back(&r);
-  std::printf("staged GEMV trace (block 0, %zu launches of one graph step; us, SM clock %.0f MHz):\n", recs.size(),
-              khz / 1e3);
+  std::printf("staged GEMV trace (block 0 of %zu launches in replays of the last step; us, SM clock %.0f MHz):\n",
+              recs.size(), khz / 1e3);
   std::printf("  %6s %6s %5s %12s %14s %12s %10s %14s\n", "out", "in", "n", "start->wait", "wait->ready", "ready->end",
               "span", "ready at wait");
   for (const auto& [shape, rs] : by_shape) {
@@ -64,8 +65,6 @@ void PrintGemvTrace(Engine* engine) {
     std::printf("  %6d %6d %5zu %12.2f %14.2f %12.2f %10.2f %13.0f%%\n", shape.first, shape.second, rs.size(),
                 wait / n, ready / n, end / n, span / n, 100 * at / n);
   }
-  const double step_us = (recs.back().end_ns - recs.front().start_ns) / 1e3;
-  std::printf("  first traced start to last traced end: %.1f us\n", step_us);
 }
 
 absl::Status Run() {
@@ -85,16 +84,14 @@ absl::Status Run() {
   const int max_batch = *std::max_element(batches.begin(), batches.end());
   UM_ASSIGN_OR_RETURN(double copy_bw, CudaCopyBandwidth(size_t{2} << 30));
   if (const int n = absl::GetFlag(FLAGS_chain_kernels); n > 0) {
-    // The per-kernel latency floor of a dependent chain (what a batch-1 step is made of).
-    for (int blocks : {1, 132}) {
+    // The per-kernel latency floor of a dependent chain (what a batch-1 step is made of), and the
+    // dense products alone.
+    for (int blocks : {1, cuda::SmCount()}) {
       UM_ASSIGN_OR_RETURN(cuda::ChainProbe p, cuda::MeasureKernelChain(n, blocks, 20));
       std::printf("dependent kernel chain (%d kernels of %d blocks, graph): %.2f us a kernel plain, %.2f with PDL, "
                   "%.2f with PDL released before the wait, %.2f with 2 us of work before each wait\n",
                   n, blocks, p.plain_us, p.pdl_us, p.pdl_early_us, p.pdl_sleep_us);
     }
-  }
-
-  if (absl::GetFlag(FLAGS_chain_kernels) > 0) {
     const int qkv_width = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim;
     UM_ASSIGN_OR_RETURN(cuda::GemvChainProbe g, cuda::MeasureGemvChain(cfg.hidden_size, cfg.intermediate_size,
                                                                         qkv_width, cfg.num_layers, 20));
