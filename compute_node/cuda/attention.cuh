@@ -52,7 +52,6 @@ void LaunchAttention(float* qkv, const TokenKv* kv, const float2* rope, int toke
 bool LaunchAttentionCluster(float* qkv, const TokenKv* kv, const float2* rope, int tokens, int num_heads,
                             int num_kv_heads, int head_dim, int layer, __nv_bfloat16* out,
                             cudaStream_t stream);
-bool AttentionClusterEnabled();
 // -1: the environment decides (the default); 0: off; 1: on.
 void SetAttentionClusterForTesting(int enabled);
 

@@ -265,13 +265,14 @@ bool DispatchGroup(int group, const ClusterArgs& a, int tokens, cudaStream_t str
 
 std::atomic<int> cluster_override{-1};  // -1: the environment decides
 
-}  // namespace
-
+// UM_CUDA_ATTN_CLUSTER (default on, read once) unless a test overrides it.
 bool AttentionClusterEnabled() {
   static const bool from_env = EnvInt("UM_CUDA_ATTN_CLUSTER", 1) != 0;
   const int o = cluster_override.load(std::memory_order_relaxed);
   return o < 0 ? from_env : o != 0;
 }
+
+}  // namespace
 
 void SetAttentionClusterForTesting(int enabled) { cluster_override.store(enabled, std::memory_order_relaxed); }
 

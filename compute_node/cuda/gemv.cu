@@ -188,8 +188,7 @@ static constexpr int kStagedHeader = 128;
 
 struct StagedParams {
   GemvArgs a;
-  int units;      // output rows, or SwiGLU columns (then two weight rows each)
-  int per_block;  // units of each block (the last may have fewer)
+  int per_block;  // output units (rows, or SwiGLU columns of two rows) of each block; the last may have fewer
   bool trace;     // block 0 records its timeline (GemvTraceEnabled)
 };
 
@@ -229,7 +228,7 @@ static __global__ void __launch_bounds__(kStagedThreads) GemvStagedKernel(Staged
   __shared__ float red[kStagedWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int u0 = blockIdx.x * p.per_block;
-  const int n = min(p.per_block, p.units - u0);
+  const int n = min(p.per_block, a.out_dim - u0);
   const bool trace = p.trace && blockIdx.x == 0 && threadIdx.x == 0;
   unsigned long long t_start = 0, c_start = 0, c_wait = 0, c_ready = 0;
   bool ready_at_wait = false;
@@ -369,13 +368,12 @@ static bool StagedShape(const GemvArgs& a, StagedParams* p, int* blocks, size_t*
   if (a.x_f32 != nullptr && a.in_dim > kStagedThreads * 4 * kStagedMaxF4) return false;
   const bool swiglu = a.output == GemvOutput::kSwiGlu;
   p->a = a;
-  p->units = a.out_dim;
-  p->per_block = (p->units + SmCount() - 1) / SmCount();
+  p->per_block = (a.out_dim + SmCount() - 1) / SmCount();
   // Lane j of a warp holds the residual of its j-th row: at most 32 rows a warp.
   if (p->per_block > 32 * kStagedWarps) return false;
   const int64_t weight_bytes = static_cast<int64_t>(p->per_block) * (swiglu ? 2 : 1) * a.in_dim * 2;
   if (weight_bytes > kStagedMaxWeightBytes) return false;
-  *blocks = (p->units + p->per_block - 1) / p->per_block;
+  *blocks = (a.out_dim + p->per_block - 1) / p->per_block;
   *smem = kStagedHeader + StagedXsBytes(a.in_dim) + static_cast<size_t>(weight_bytes);
   return true;
 }
@@ -412,7 +410,8 @@ std::vector<GemvTraceRecord> TakeGemvTrace() {
   return out;
 }
 
-bool GemvStagedEnabled() {
+// False when the environment sets UM_CUDA_GEMV_STAGED=0 (read once).
+static bool GemvStagedEnabled() {
   static const bool enabled = EnvInt("UM_CUDA_GEMV_STAGED", 1) != 0;
   return enabled;
 }

@@ -54,15 +54,12 @@ struct GemvArgs {
   GemvOutput output = GemvOutput::kStore;
   float* y = nullptr;
   __nv_bfloat16* act = nullptr;
-  // May take the staged variant (when it fits and GemvStagedEnabled()); tests clear it to check
+  // May take the staged variant (when it fits and UM_CUDA_GEMV_STAGED is not 0); tests clear it to check
   // the register variant on the same shapes.
   bool staged = true;
 };
 
 void LaunchGemv(const GemvArgs& args, cudaStream_t stream);
-
-// False when the environment sets UM_CUDA_GEMV_STAGED=0 (read once).
-bool GemvStagedEnabled();
 
 // The staged GEMV's timeline, for UM_CUDA_GEMV_TRACE=1 (read once): block 0 of every launch
 // records when it started (before its PDL wait), the cycles to the wait's return, from there to
