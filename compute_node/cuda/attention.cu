@@ -168,8 +168,9 @@ static __global__ void CombineGenericKernel(const float* scratch, int num_heads,
 }
 
 int AttentionSplits(int tokens, int num_kv_heads, int sm_count, int max_positions) {
+  static const int waves = std::max(1, EnvInt("UM_CUDA_ATTN_WAVES", 2));  // a measuring knob
   const int blocks = std::max(1, tokens * num_kv_heads);
-  int splits = std::max(1, (2 * sm_count + blocks - 1) / blocks);
+  int splits = std::max(1, (waves * sm_count + blocks - 1) / blocks);
   splits = std::min(splits, 32);
   // Each split should keep at least a full tile of positions at the longest context.
   splits = std::min(splits, std::max(1, max_positions / kThreads));
@@ -223,6 +224,10 @@ void LaunchAttention(float* qkv, const TokenKv* kv, const float2* rope, int toke
                      int* counters, __nv_bfloat16* out, cudaStream_t stream) {
   if (tokens == 0) return;
   if (LaunchAttentionCluster(qkv, kv, rope, tokens, num_heads, num_kv_heads, head_dim, layer, out, stream)) return;
+  if (LaunchAttentionStaged(qkv, kv, rope, tokens, num_heads, num_kv_heads, head_dim, layer, splits, scratch,
+                            counters, out, stream)) {
+    return;
+  }
   const int group = num_heads / num_kv_heads;
   bool done = false;
   switch (head_dim) {

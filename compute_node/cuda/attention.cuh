@@ -23,7 +23,8 @@ namespace ultramem::cuda {
 inline constexpr int kMaxAttentionGroup = 16;  // n_h / n_kv supported
 inline constexpr int kMaxHeadDim = 256;
 
-// Splits to use for `tokens` tokens: enough blocks to fill about two waves of `sm_count`.
+// Splits to use for `tokens` tokens: enough blocks to fill about two waves of `sm_count`
+// (UM_CUDA_ATTN_WAVES, read once, sets another number of waves for measuring).
 int AttentionSplits(int tokens, int num_kv_heads, int sm_count, int max_positions);
 
 // Floats of scratch the split path needs: tokens · n_h · splits · (hd + 2).
@@ -54,5 +55,18 @@ bool LaunchAttentionCluster(float* qkv, const TokenKv* kv, const float2* rope, i
                             cudaStream_t stream);
 // -1: the environment decides (the default); 0: off; 1: on.
 void SetAttentionClusterForTesting(int enabled);
+
+// Wider decode steps with `rope` (at least half as many (token, kv head) pairs as multiprocessors;
+// head_dim 64 or 128, group 1/2/4/8) take the staged kernel (attention_staged.cu): a block per
+// (token, kv head, split) as in the fast kernel, its K/V rows streamed into shared memory through a
+// ring of cp.async tiles (the first requested before the PDL wait), scores and P·V on the tensor
+// cores, splits merged through scratch and counters as in the fast kernel. Returns false (and
+// launches nothing) for other shapes, prefill, or when turned off (UM_CUDA_ATTN_STAGED=0;
+// UM_CUDA_ATTN_STAGED=2 takes it for every decode step). Tests: SetAttentionStagedForTesting
+// with -1 (the environment), 0, 1 or 2 as the variable.
+bool LaunchAttentionStaged(float* qkv, const TokenKv* kv, const float2* rope, int tokens, int num_heads,
+                           int num_kv_heads, int head_dim, int layer, int splits, float* scratch, int* counters,
+                           __nv_bfloat16* out, cudaStream_t stream);
+void SetAttentionStagedForTesting(int mode);
 
 }  // namespace ultramem::cuda

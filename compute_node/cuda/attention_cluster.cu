@@ -50,12 +50,6 @@ struct ClusterArgs {
   __nv_bfloat16* out;
 };
 
-__device__ __forceinline__ void CpAsync16(void* dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(SmemAddr(dst)), "l"(src) : "memory");
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-__device__ __forceinline__ void CpAsyncWaitAllButOne() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
-
 template <int kHD, int kG>
 __global__ void __launch_bounds__(kThreads) AttentionClusterKernel(ClusterArgs a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];

@@ -1,7 +1,8 @@
 // Shared-memory mbarriers and TMA bulk copies (sm_90) that the persistent decode kernel and the
 // staged GEMV use: a block's thread arms an mbarrier with the bytes it expects, issues bulk copies
 // from global into the block's shared memory that complete those bytes, and every thread that
-// reads the data waits on the barrier's phase.
+// reads the data waits on the barrier's phase. Also the per-thread 16-byte cp.async copies (groups
+// committed and waited for by each thread) of the cluster and staged attention kernels.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -47,6 +48,19 @@ __device__ __forceinline__ void BulkLoad(void* dst, const void* src, uint32_t by
           SmemAddr(dst)),
       "l"(src), "r"(bytes), "r"(SmemAddr(bar))
       : "memory");
+}
+
+// cp.async: 16 bytes global -> shared (through L2 only); a thread's copies form groups at each
+// commit, and wait_group N returns when at most the N newest of its groups are still in flight.
+__device__ __forceinline__ void CpAsync16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(SmemAddr(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void CpAsyncWaitAllButOne() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+__device__ __forceinline__ void CpAsyncWaitAll() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWaitGroup() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
 }
 
 }  // namespace ultramem::cuda

@@ -419,10 +419,12 @@ void RunRopeAndAttention(int nh, int nkv, int hd) {
   ASSERT_EQ(cudaMemset(counters.get(), 0, counters.size() * sizeof(int)), cudaSuccess);
   // Decode path: the attention kernel rotates q and k and appends K/V itself (qkv unrotated).
   // "splits" 0: the cluster kernel (head_dim 64/128; the split kernel for other shapes), then the
-  // split kernel at 1, 3 and 16 splits.
-  for (int variant : {0, 1, 3, 16}) {
+  // staged kernel (head_dim 64/128) at 1, 3 and 16 splits ("variant" 101, 103, 116), then the
+  // fast split kernel at 1, 3 and 16.
+  for (int variant : {0, 101, 103, 116, 1, 3, 16}) {
     SetAttentionClusterForTesting(variant == 0 ? 1 : 0);
-    const int splits = std::max(variant, 1);
+    SetAttentionStagedForTesting(variant > 100 ? 2 : 0);
+    const int splits = std::max(variant % 100, 1);
     auto dqkv = Up(qkv);
     for (int s = 0; s < T; ++s) {
       // The history again, the new positions poisoned: the kernel must write them.
@@ -461,6 +463,7 @@ void RunRopeAndAttention(int nh, int nkv, int hd) {
     EXPECT_LE(RelErr(DownBf16(out, T * nh * hd), want), 1e-2) << "fused again, splits " << variant;
   }
   SetAttentionClusterForTesting(-1);
+  SetAttentionStagedForTesting(-1);
   // Prefill path: the RoPE kernel first (q rotated in qkv, K/V appended), then attention.
   auto dqkv = Up(qkv);
   LaunchRopeAndCache(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, nullptr);

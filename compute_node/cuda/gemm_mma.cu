@@ -15,15 +15,6 @@ static constexpr int kWarps = 8;
 static constexpr int kThreads = kWarps * 32;
 static constexpr int kRows = 16;   // weight rows per block (per matrix half for SwiGLU)
 
-static __device__ __forceinline__ void Mma(float* c, uint32_t a0, uint32_t a1, uint32_t a2,
-                                           uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 // Lane (g = lane / 4, q = lane % 4) holds, for a 32-wide K step at k0, the 16 bytes of rows g and
 // g + 8 at k0 + 8q .. +8 (wg, wg8) and of token rows j·8 + g at the same K (xv). Two mma steps
 // cover them: step s uses the pairs (k0 + 8q + 4s + {0,1}) as logical columns 2q + {0,1} and
@@ -91,8 +82,8 @@ static __global__ void __launch_bounds__(kThreads) GemmMmaKernel(GemvArgs a) {
         for (int m = 0; m < kMats; ++m) {
           const uint4& w0 = wv[u][m][0];
           const uint4& w8 = wv[u][m][1];
-          Mma(acc[m][j], w0.x, w8.x, w0.y, w8.y, xv.x, xv.y);
-          Mma(acc[m][j], w0.z, w8.z, w0.w, w8.w, xv.z, xv.w);
+          MmaBf16(acc[m][j], w0.x, w8.x, w0.y, w8.y, xv.x, xv.y);
+          MmaBf16(acc[m][j], w0.z, w8.z, w0.w, w8.w, xv.z, xv.w);
         }
       }
     }

@@ -1,6 +1,6 @@
-// Pieces the skinny products share (the GEMVs, the tensor-core skinny GEMM, the persistent decode
-// kernel, the cluster attention): a streaming 16-byte weight load, a 16-byte shared-memory load
-// and the fp32 dot product of eight bf16 pairs.
+// Pieces the skinny products share (the GEMVs, the tensor-core skinny GEMM, the
+// persistent decode kernel, the cluster and staged attention): a streaming 16-byte weight load, a 16-byte
+// shared-memory load, the fp32 dot product of eight bf16 pairs and one bf16 tensor-core step.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -42,6 +42,19 @@ __device__ __forceinline__ float Dot8(const uint4& a, const uint4& b) {
     s = fmaf(fa.y, fb.y, s);
   }
   return s;
+}
+
+// c[16x8] += a[16x16] · b[16x8] (bf16 operands, fp32 accumulators) in mma.sync's register layout:
+// lane (g = lane / 4, q = lane % 4) holds a = {(g, 2q..2q+1), (g + 8, 2q..), (g, 2q + 8..),
+// (g + 8, 2q + 8..)}, b = {(2q..2q+1, g), (2q + 8.., g)}, c = {(g, 2q), (g, 2q + 1), (g + 8, 2q),
+// (g + 8, 2q + 1)}.
+__device__ __forceinline__ void MmaBf16(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                        uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 }  // namespace ultramem::cuda
