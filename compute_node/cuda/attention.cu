@@ -91,12 +91,7 @@ static __global__ void __launch_bounds__(kThreads)
     // Online softmax: warp w updates heads w, w+4, ...
     for (int g = warp; g < group; g += kThreads / 32) {
       const SoftmaxTile st = WarpSoftmaxTile<kThreads>(sc + g * kThreads, m_run[g], lane);
-      if (lane == 0) {
-        const float r = __expf(m_run[g] - st.m_new);
-        rescale[g] = r;
-        l_run[g] = l_run[g] * r + st.sum;
-        m_run[g] = st.m_new;
-      }
+      if (lane == 0) FoldSoftmaxTile(st, m_run[g], l_run[g], rescale[g]);
     }
     __syncthreads();
     const int n = min(kThreads, p1 - tile);
@@ -179,9 +174,6 @@ int AttentionSplits(int tokens, int num_kv_heads, int sm_count, int max_position
 
 // ---- the fast kernel: one AttentionItem (attention_item.cuh) per block ----
 
-struct BlockSync {
-  __device__ void operator()() const { __syncthreads(); }
-};
 struct PdlWait {
   __device__ void operator()() const {
     GridDependencyWait();
@@ -197,28 +189,6 @@ static __global__ void __launch_bounds__(kFastThreads)
                          PdlWait{});
 }
 
-template <int kHD, int kG>
-static void LaunchFast(float* qkv, const TokenKv* kv, const float2* rope, int tokens,
-                       int num_heads, int num_kv_heads, int layer, int splits, float* scratch,
-                       int* counters, __nv_bfloat16* out, cudaStream_t stream) {
-  const AttentionItemArgs args{qkv, kv, rope, num_heads, num_kv_heads, layer, splits, scratch, counters, out};
-  LaunchKernel(AttentionFastKernel<kHD, kG>, dim3(tokens, num_kv_heads, splits), dim3(kFastThreads),
-               0, stream, args);
-}
-
-template <int kHD>
-static bool DispatchGroup(int group, float* qkv, const TokenKv* kv, const float2* rope,
-                          int tokens, int num_heads, int num_kv_heads, int layer, int splits,
-                          float* scratch, int* counters, __nv_bfloat16* out, cudaStream_t stream) {
-  switch (group) {
-    case 1: LaunchFast<kHD, 1>(qkv, kv, rope, tokens, num_heads, num_kv_heads, layer, splits, scratch, counters, out, stream); return true;
-    case 2: LaunchFast<kHD, 2>(qkv, kv, rope, tokens, num_heads, num_kv_heads, layer, splits, scratch, counters, out, stream); return true;
-    case 4: LaunchFast<kHD, 4>(qkv, kv, rope, tokens, num_heads, num_kv_heads, layer, splits, scratch, counters, out, stream); return true;
-    case 8: LaunchFast<kHD, 8>(qkv, kv, rope, tokens, num_heads, num_kv_heads, layer, splits, scratch, counters, out, stream); return true;
-    default: return false;
-  }
-}
-
 void LaunchAttention(float* qkv, const TokenKv* kv, const float2* rope, int tokens, int num_heads,
                      int num_kv_heads, int head_dim, int layer, int splits, float* scratch,
                      int* counters, __nv_bfloat16* out, cudaStream_t stream) {
@@ -229,14 +199,13 @@ void LaunchAttention(float* qkv, const TokenKv* kv, const float2* rope, int toke
     return;
   }
   const int group = num_heads / num_kv_heads;
-  bool done = false;
-  switch (head_dim) {
-    case 32: done = DispatchGroup<32>(group, qkv, kv, rope, tokens, num_heads, num_kv_heads, layer, splits, scratch, counters, out, stream); break;
-    case 64: done = DispatchGroup<64>(group, qkv, kv, rope, tokens, num_heads, num_kv_heads, layer, splits, scratch, counters, out, stream); break;
-    case 128: done = DispatchGroup<128>(group, qkv, kv, rope, tokens, num_heads, num_kv_heads, layer, splits, scratch, counters, out, stream); break;
-    default: break;
+  const AttentionItemArgs args{qkv, kv, rope, num_heads, num_kv_heads, layer, splits, scratch, counters, out};
+  if (DispatchHeadDimAndGroup<32, 64, 128>(head_dim, group, [&](auto hd, auto g) {
+        LaunchKernel(AttentionFastKernel<decltype(hd)::value, decltype(g)::value>, dim3(tokens, num_kv_heads, splits),
+                     dim3(kFastThreads), 0, stream, args);
+      })) {
+    return;
   }
-  if (done) return;
   if (rope != nullptr) {
     LaunchRopeAndCache(qkv, kv, rope, tokens, num_heads, num_kv_heads, head_dim, layer, stream);
   }

@@ -82,25 +82,16 @@ __global__ void __launch_bounds__(kThreads) AttentionClusterKernel(ClusterArgs a
   AllowDependents();
 
   const float* row = a.qkv + static_cast<int64_t>(t) * (a.num_heads + 2 * a.num_kv_heads) * kHD;
-  constexpr int kHalf = kHD / 2;
-  const float2* cs = a.rope + static_cast<int64_t>(pos) * kHalf;
+  const float2* cs = a.rope + static_cast<int64_t>(pos) * (kHD / 2);
   const float scale = rsqrtf(static_cast<float>(kHD));
   for (int e = tid; e < kG * kHD; e += kThreads) {
-    const int g = e / kHD, d = e % kHD, i = d % kHalf;
-    const float* h = row + (kvh * kG + g) * kHD;
-    const float x0 = __ldcg(h + i), x1 = __ldcg(h + i + kHalf);
-    const float2 c = cs[i];
-    sm.q[g][d] = (d < kHalf ? x0 * c.x - x1 * c.y : x1 * c.x + x0 * c.y) * scale;
+    const int g = e / kHD, d = e % kHD;
+    sm.q[g][d] = RopeAt<kHD>(row + (kvh * kG + g) * kHD, cs, d) * scale;
   }
   const bool owner = p0 < p1 && p1 == ctx;  // the split holding the token's own position
   __nv_bfloat16 own_k = __float2bfloat16(0.0f), own_v = own_k;
   if (owner && tid < kHD) {
-    const float* hk = row + (a.num_heads + kvh) * kHD;
-    const int i = tid % kHalf;
-    const float x0 = __ldcg(hk + i), x1 = __ldcg(hk + i + kHalf);
-    const float2 c = cs[i];
-    own_k = __float2bfloat16(tid < kHalf ? x0 * c.x - x1 * c.y : x1 * c.x + x0 * c.y);
-    own_v = __float2bfloat16(__ldcg(row + (a.num_heads + a.num_kv_heads + kvh) * kHD + tid));
+    OwnKv<kHD>(row, cs, a.num_heads, a.num_kv_heads, kvh, tid, own_k, own_v);
     KvRow(tok, a.layer, 0, pos, width)[kvh * kHD + tid] = own_k;
     KvRow(tok, a.layer, 1, pos, width)[kvh * kHD + tid] = own_v;
   }
@@ -246,17 +237,6 @@ void LaunchT(const ClusterArgs& a, int tokens, cudaStream_t stream) {
                  smem, stream, a);
 }
 
-template <int kHD>
-bool DispatchGroup(int group, const ClusterArgs& a, int tokens, cudaStream_t stream) {
-  switch (group) {
-    case 1: LaunchT<kHD, 1>(a, tokens, stream); return true;
-    case 2: LaunchT<kHD, 2>(a, tokens, stream); return true;
-    case 4: LaunchT<kHD, 4>(a, tokens, stream); return true;
-    case 8: LaunchT<kHD, 8>(a, tokens, stream); return true;
-    default: return false;
-  }
-}
-
 std::atomic<int> cluster_override{-1};  // -1: the environment decides
 
 // UM_CUDA_ATTN_CLUSTER (default on, read once) unless a test overrides it.
@@ -279,12 +259,9 @@ bool LaunchAttentionCluster(float* qkv, const TokenKv* kv, const float2* rope, i
   // batch 64 912 -> 1015, batch 256 1814 -> 2327 per decode step).
   if (static_cast<int64_t>(tokens) * num_kv_heads * kSplits > 2 * SmCount()) return false;
   const ClusterArgs a{qkv, kv, rope, num_heads, num_kv_heads, layer, out};
-  const int group = num_heads / num_kv_heads;
-  switch (head_dim) {
-    case 64: return DispatchGroup<64>(group, a, tokens, stream);
-    case 128: return DispatchGroup<128>(group, a, tokens, stream);
-    default: return false;
-  }
+  return DispatchHeadDimAndGroup<64, 128>(head_dim, num_heads / num_kv_heads, [&](auto hd, auto g) {
+    LaunchT<decltype(hd)::value, decltype(g)::value>(a, tokens, stream);
+  });
 }
 
 }  // namespace ultramem::cuda

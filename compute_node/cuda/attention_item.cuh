@@ -12,6 +12,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "common/cuda/bf16.cuh"
 #include "compute_node/cuda/kv_cache.cuh"
 #include "compute_node/cuda/launch.cuh"
@@ -45,6 +47,30 @@ struct AttentionItemSmem {
   int last;
 };
 
+// Host side: calls f(std::integral_constant<int, head_dim>{}, std::integral_constant<int, group>{})
+// when head_dim is one of kHeadDims and group is 1, 2, 4 or 8 (the fast kernels' template
+// instances); returns false, calling nothing, otherwise.
+template <int... kHeadDims, class F>
+bool DispatchHeadDimAndGroup(int head_dim, int group, F&& f) {
+  auto with_group = [&](auto hd) {
+    switch (group) {
+      case 1: f(hd, std::integral_constant<int, 1>{}); return true;
+      case 2: f(hd, std::integral_constant<int, 2>{}); return true;
+      case 4: f(hd, std::integral_constant<int, 4>{}); return true;
+      case 8: f(hd, std::integral_constant<int, 8>{}); return true;
+      default: return false;
+    }
+  };
+  bool done = false;
+  ((head_dim == kHeadDims && (done = with_group(std::integral_constant<int, kHeadDims>{}), true)) || ...);
+  return done;
+}
+
+// The whole block's barrier, for the helpers below that take a thread group's.
+struct BlockSync {
+  __device__ void operator()() const { __syncthreads(); }
+};
+
 // One tile of an online softmax on one warp: s[0..kN) are the tile's scores (-inf where no
 // position), exponentiated in place against the new running maximum max(m_run, max s); returns
 // that maximum and the sum of the exponentials. Callers rescale their running sums by
@@ -70,6 +96,69 @@ __device__ __forceinline__ SoftmaxTile WarpSoftmaxTile(float* s, float m_run, in
   return {m_new, sum};
 }
 
+// Folds a tile's maximum and sum into a head's running ones (kept in shared memory, updated by one
+// lane); `rescale` gets exp(m_run - m_new), the factor the head's earlier partial sums take.
+__device__ __forceinline__ void FoldSoftmaxTile(const SoftmaxTile& st, float& m_run, float& l_run, float& rescale) {
+  const float r = __expf(m_run - st.m_new);
+  rescale = r;
+  l_run = l_run * r + st.sum;
+  m_run = st.m_new;
+}
+
+// Element d of a head's row h (a q or k head of a token's qkv row, read through L2) rotated by
+// RoPE; cs: the (cos, sin) pairs of the token's position.
+template <int kHD>
+__device__ __forceinline__ float RopeAt(const float* h, const float2* cs, int d) {
+  constexpr int kHalf = kHD / 2;
+  const int i = d % kHalf;
+  const float x0 = __ldcg(h + i), x1 = __ldcg(h + i + kHalf);
+  const float2 c = cs[i];
+  return d < kHalf ? x0 * c.x - x1 * c.y : x1 * c.x + x0 * c.y;
+}
+
+// Dim d of the token's own K (rotated) and V row for kv head kvh, rounded to bf16 as the cache holds
+// them; row: the token's qkv row.
+template <int kHD>
+__device__ __forceinline__ void OwnKv(const float* row, const float2* cs, int num_heads, int num_kv_heads, int kvh,
+                                      int d, __nv_bfloat16& k, __nv_bfloat16& v) {
+  k = __float2bfloat16(RopeAt<kHD>(row + (num_heads + kvh) * kHD, cs, d));
+  v = __float2bfloat16(__ldcg(row + (num_heads + num_kv_heads + kvh) * kHD + d));
+}
+
+// The split merge, once this block's partials for (token t, kv head kvh) are in scratch
+// ([t][head][split][hd + 2]: unnormalized sums, m, l): the block arrives on the pair's counter and,
+// if it is the last of the splits, sums every split's partial into out (weights exp(m_s - max m))
+// and resets the counter for the next call. `sync` is the block's barrier, `last` a shared flag.
+template <int kHD, int kG, int kThreads, class Sync>
+__device__ __forceinline__ void ArriveAndMerge(const AttentionItemArgs& a, int t, int kvh, int tid, int& last,
+                                               Sync sync) {
+  __threadfence();
+  sync();
+  int* counter = a.counters + t * a.num_kv_heads + kvh;
+  if (tid == 0) last = atomicAdd(counter, 1) == a.splits - 1;
+  sync();
+  if (!last) return;
+  __threadfence();
+  const int head0 = kvh * kG;
+  for (int e = tid; e < kG * kHD; e += kThreads) {
+    const int g = e / kHD, d = e % kHD;
+    const float* parts = a.scratch + (static_cast<int64_t>(t) * a.num_heads + head0 + g) * a.splits * (kHD + 2);
+    float m = -INFINITY;
+#pragma unroll 8
+    for (int s = 0; s < a.splits; ++s) m = fmaxf(m, __ldcg(parts + s * (kHD + 2) + kHD));
+    float l = 0.0f, acc = 0.0f;
+#pragma unroll 8
+    for (int s = 0; s < a.splits; ++s) {
+      const float* ps = parts + s * (kHD + 2);
+      const float w = __expf(__ldcg(ps + kHD) - m);  // 0 for an empty split (m = -inf, its sums 0)
+      l += __ldcg(ps + kHD + 1) * w;
+      acc += __ldcg(ps + d) * w;
+    }
+    a.out[(static_cast<int64_t>(t) * a.num_heads + head0 + g) * kHD + d] = __float2bfloat16(acc / l);
+  }
+  if (tid == 0) *counter = 0;
+}
+
 template <int kHD, int kG, class Sync, class Wait>
 __device__ __forceinline__ void AttentionItem(AttentionItemSmem<kHD, kG>& sm, const AttentionItemArgs& args,
                                               int t, int kvh, int split, int tid, Sync sync, Wait wait) {
@@ -79,7 +168,6 @@ __device__ __forceinline__ void AttentionItem(AttentionItemSmem<kHD, kG>& sm, co
   const int num_heads = args.num_heads, num_kv_heads = args.num_kv_heads, layer = args.layer;
   const int splits = args.splits;
   float* scratch = args.scratch;
-  int* counters = args.counters;
   __nv_bfloat16* out = args.out;
   constexpr int kL = kHD / 8;               // lanes per V row (8 dims each)
   constexpr int kRowsPerWarp = 32 / kL;     // V rows per warp load instruction
@@ -117,26 +205,13 @@ __device__ __forceinline__ void AttentionItem(AttentionItemSmem<kHD, kG>& sm, co
   for (int e = tid; e < kG * kHD; e += kFastThreads) {
     const int g = e / kHD, d = e % kHD;
     const float* h = row + (kvh * kG + g) * kHD;
-    float v;
-    if (fused) {
-      const int i = d % kHalf;
-      const float a = __ldcg(h + i), b = __ldcg(h + i + kHalf);
-      const float2 c = cs[i];
-      v = d < kHalf ? a * c.x - b * c.y : b * c.x + a * c.y;
-    } else {
-      v = __ldcg(h + d);
-    }
-    sm.q[g][d] = v * scale;
+    sm.q[g][d] = (fused ? RopeAt<kHD>(h, cs, d) : __ldcg(h + d)) * scale;
   }
   if (fused) {
     const bool owner = p0 < p1 && p1 == ctx;  // the split holding the token's own position
     for (int d = tid; d < kHD; d += kFastThreads) {
-      const float* hk = row + (num_heads + kvh) * kHD;
-      const int i = d % kHalf;
-      const float a = __ldcg(hk + i), b = __ldcg(hk + i + kHalf);
-      const float2 c = cs[i];
-      const __nv_bfloat16 k = __float2bfloat16(d < kHalf ? a * c.x - b * c.y : b * c.x + a * c.y);
-      const __nv_bfloat16 v = __float2bfloat16(__ldcg(row + (num_heads + num_kv_heads + kvh) * kHD + d));
+      __nv_bfloat16 k, v;
+      OwnKv<kHD>(row, cs, num_heads, num_kv_heads, kvh, d, k, v);
       sm.own_k[d] = __bfloat162float(k);
       sm.own_v[d] = __bfloat162float(v);
       if (owner) {
@@ -200,12 +275,7 @@ __device__ __forceinline__ void AttentionItem(AttentionItemSmem<kHD, kG>& sm, co
     // Online softmax: warp w updates heads w, w + 4, ...
     for (int g = warp; g < kG; g += kFastWarps) {
       const SoftmaxTile st = WarpSoftmaxTile<kTile>(sm.p[g], sm.m_run[g], lane);
-      if (lane == 0) {
-        const float r = __expf(sm.m_run[g] - st.m_new);
-        sm.rescale[g] = r;
-        sm.l_run[g] = sm.l_run[g] * r + st.sum;
-        sm.m_run[g] = st.m_new;
-      }
+      if (lane == 0) FoldSoftmaxTile(st, sm.m_run[g], sm.l_run[g], sm.rescale[g]);
     }
     sync();
     // P·V: lane (sub, dl) takes rows warp·kRowsPerWarp + sub (+ kRowStep ...), dims dl·8 .. +8.
@@ -286,31 +356,7 @@ __device__ __forceinline__ void AttentionItem(AttentionItemSmem<kHD, kG>& sm, co
     }
   }
   if (args.defer_merge) return;
-  __threadfence();
-  sync();
-  int* counter = counters + t * num_kv_heads + kvh;
-  if (tid == 0) sm.last = atomicAdd(counter, 1) == splits - 1;
-  sync();
-  if (!sm.last) return;
-  __threadfence();
-  for (int e = tid; e < kG * kHD; e += kFastThreads) {
-    const int g = e / kHD, d = e % kHD;
-    const float* parts = scratch + (static_cast<int64_t>(t) * num_heads + head0 + g) * splits * (kHD + 2);
-    float m = -INFINITY;
-#pragma unroll 8
-    for (int s = 0; s < splits; ++s) m = fmaxf(m, __ldcg(parts + s * (kHD + 2) + kHD));
-    float l = 0.0f, a = 0.0f;
-#pragma unroll 8
-    for (int s = 0; s < splits; ++s) {
-      const float* ps = parts + s * (kHD + 2);
-      const float ms = __ldcg(ps + kHD);
-      const float w = __expf(ms - m);  // 0 for an empty split (m = -inf, its sums 0)
-      l += __ldcg(ps + kHD + 1) * w;
-      a += __ldcg(ps + d) * w;
-    }
-    out[(static_cast<int64_t>(t) * num_heads + head0 + g) * kHD + d] = __float2bfloat16(a / l);
-  }
-  if (tid == 0) *counter = 0;
+  ArriveAndMerge<kHD, kG, kFastThreads>(args, t, kvh, tid, sm.last, sync);
 }
 
 

@@ -98,30 +98,17 @@ __global__ void __launch_bounds__(kThreads) AttentionStagedKernel(AttentionItemA
   AllowDependents();
 
   const float* row = a.qkv + static_cast<int64_t>(t) * (a.num_heads + 2 * a.num_kv_heads) * kHD;
-  constexpr int kHalf = kHD / 2;
-  const float2* cs = a.rope + static_cast<int64_t>(pos) * kHalf;
+  const float2* cs = a.rope + static_cast<int64_t>(pos) * (kHD / 2);
   const float scale = rsqrtf(static_cast<float>(kHD));
   for (int e = tid; e < kN * kHD; e += kThreads) {
-    const int h = e / kHD, d = e % kHD, i = d % kHalf;
-    float v = 0.0f;
-    if (h < kG) {
-      const float* hq = row + (kvh * kG + h) * kHD;
-      const float x0 = __ldcg(hq + i), x1 = __ldcg(hq + i + kHalf);
-      const float2 c = cs[i];
-      v = (d < kHalf ? x0 * c.x - x1 * c.y : x1 * c.x + x0 * c.y) * scale;
-    }
-    sm.q[h][d] = __float2bfloat16(v);
+    const int h = e / kHD, d = e % kHD;
+    sm.q[h][d] = __float2bfloat16(h < kG ? RopeAt<kHD>(row + (kvh * kG + h) * kHD, cs, d) * scale : 0.0f);
   }
   for (int e = kG * kTileP + tid; e < kN * kTileP; e += kThreads) sm.p[e / kTileP][e % kTileP] = __float2bfloat16(0.0f);
   const bool owner = p0 < p1 && p1 == ctx;  // the split holding the token's own position
   __nv_bfloat16 own_k = __float2bfloat16(0.0f), own_v = own_k;
   if (owner && tid < kHD) {
-    const float* hk = row + (a.num_heads + kvh) * kHD;
-    const int i = tid % kHalf;
-    const float x0 = __ldcg(hk + i), x1 = __ldcg(hk + i + kHalf);
-    const float2 c = cs[i];
-    own_k = __float2bfloat16(tid < kHalf ? x0 * c.x - x1 * c.y : x1 * c.x + x0 * c.y);
-    own_v = __float2bfloat16(__ldcg(row + (a.num_heads + a.num_kv_heads + kvh) * kHD + tid));
+    OwnKv<kHD>(row, cs, a.num_heads, a.num_kv_heads, kvh, tid, own_k, own_v);
     KvRow(tok, a.layer, 0, pos, width)[kvh * kHD + tid] = own_k;
     KvRow(tok, a.layer, 1, pos, width)[kvh * kHD + tid] = own_v;
   }
@@ -185,12 +172,7 @@ __global__ void __launch_bounds__(kThreads) AttentionStagedKernel(AttentionItemA
       const SoftmaxTile st = WarpSoftmaxTile<kTileP>(sm.s[h], sm.m_run[h], lane);  // m_new finite
 #pragma unroll
       for (int j = lane; j < kTileP; j += 32) sm.p[h][j] = __float2bfloat16(sm.s[h][j]);
-      if (lane == 0) {
-        const float r = __expf(sm.m_run[h] - st.m_new);
-        sm.rescale[h] = r;
-        sm.l_run[h] = sm.l_run[h] * r + st.sum;
-        sm.m_run[h] = st.m_new;
-      }
+      if (lane == 0) FoldSoftmaxTile(st, sm.m_run[h], sm.l_run[h], sm.rescale[h]);
     }
     __syncthreads();
     const float r0 = sm.rescale[2 * qd], r1 = sm.rescale[2 * qd + 1];
@@ -243,30 +225,7 @@ __global__ void __launch_bounds__(kThreads) AttentionStagedKernel(AttentionItemA
     part[kHD] = sm.m_run[tid];
     part[kHD + 1] = sm.l_run[tid];
   }
-  __threadfence();
-  __syncthreads();
-  int* counter = a.counters + t * a.num_kv_heads + kvh;
-  if (tid == 0) sm.last = atomicAdd(counter, 1) == a.splits - 1;
-  __syncthreads();
-  if (!sm.last) return;
-  __threadfence();
-  for (int e = tid; e < kG * kHD; e += kThreads) {
-    const int h = e / kHD, d = e % kHD;
-    const float* parts = parts0 + static_cast<int64_t>(h) * a.splits * (kHD + 2);
-    float m = -INFINITY;
-#pragma unroll 8
-    for (int s = 0; s < a.splits; ++s) m = fmaxf(m, __ldcg(parts + s * (kHD + 2) + kHD));
-    float l = 0.0f, acc_out = 0.0f;
-#pragma unroll 8
-    for (int s = 0; s < a.splits; ++s) {
-      const float* ps = parts + s * (kHD + 2);
-      const float w = __expf(__ldcg(ps + kHD) - m);  // 0 for an empty split (m = -inf, its sums 0)
-      l += __ldcg(ps + kHD + 1) * w;
-      acc_out += __ldcg(ps + d) * w;
-    }
-    a.out[(static_cast<int64_t>(t) * a.num_heads + head0 + h) * kHD + d] = __float2bfloat16(acc_out / l);
-  }
-  if (tid == 0) *counter = 0;
+  ArriveAndMerge<kHD, kG, kThreads>(a, t, kvh, tid, sm.last, BlockSync{});
 }
 
 template <int kHD, int kG, int S>
@@ -288,17 +247,6 @@ void LaunchT(const AttentionItemArgs& a, int tokens, cudaStream_t stream) {
     case 2: return LaunchS<kHD, kG, 2>(a, tokens, stream);
     case 3: return LaunchS<kHD, kG, 3>(a, tokens, stream);
     default: return LaunchS<kHD, kG, 4>(a, tokens, stream);
-  }
-}
-
-template <int kHD>
-bool DispatchGroup(int group, const AttentionItemArgs& a, int tokens, cudaStream_t stream) {
-  switch (group) {
-    case 1: LaunchT<kHD, 1>(a, tokens, stream); return true;
-    case 2: LaunchT<kHD, 2>(a, tokens, stream); return true;
-    case 4: LaunchT<kHD, 4>(a, tokens, stream); return true;
-    case 8: LaunchT<kHD, 8>(a, tokens, stream); return true;
-    default: return false;
   }
 }
 
@@ -326,12 +274,9 @@ bool LaunchAttentionStaged(float* qkv, const TokenKv* kv, const float2* rope, in
   // against 749; 64 tokens 828 against 910; 256 tokens 1564 against 1818).
   if (mode == 1 && 2 * static_cast<int64_t>(tokens) * num_kv_heads < SmCount()) return false;
   const AttentionItemArgs a{qkv, kv, rope, num_heads, num_kv_heads, layer, splits, scratch, counters, out};
-  const int group = num_heads / num_kv_heads;
-  switch (head_dim) {
-    case 64: return DispatchGroup<64>(group, a, tokens, stream);
-    case 128: return DispatchGroup<128>(group, a, tokens, stream);
-    default: return false;
-  }
+  return DispatchHeadDimAndGroup<64, 128>(head_dim, num_heads / num_kv_heads, [&](auto hd, auto g) {
+    LaunchT<decltype(hd)::value, decltype(g)::value>(a, tokens, stream);
+  });
 }
 
 }  // namespace ultramem::cuda

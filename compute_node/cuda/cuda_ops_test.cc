@@ -600,7 +600,10 @@ TEST(CudaOps, MemorySelectMatchesCpuOddShapes) {
   RunSelect({50, 30, 1, 16, 1, 20, 1, 1, false});
   RunSelect({5, 12, 9, 20, 3, 5, 3, 3, false});   // Dk % 8 != 0: the tiled score kernel
   RunSelect({8, 64, 4, 64, 2, 16, 2, 2, false});   // the few-token kernel at 8 tokens
-  RunSelect({20, 128, 4, 32, 2, 40, 2, 2, false});  // m above a warp (40)
+  // m above a warp (40), over a prefill chunk's 512 tokens: with 20 tokens the >= 99% bound
+  // allowed no near-tie flip (SGEMM and the CPU sum in different orders), and one token in ~260
+  // flipped over the H200 runs (19 of 20 equal once, 2026-11-28).
+  RunSelect({512, 128, 4, 32, 2, 40, 2, 2, false});
 }
 
 TEST(CudaOps, MemorySelectTiesGoToLowerIndex) {
