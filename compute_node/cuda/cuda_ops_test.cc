@@ -492,6 +492,8 @@ TEST(CudaOps, RopeAndAttentionMatchCpu) {
   SKIP_WITHOUT_GPU();
   RunRopeAndAttention(16, 4, 64);  // the fast kernel at the bench shape
   RunRopeAndAttention(16, 2, 128);
+  RunRopeAndAttention(8, 8, 64);   // group 1 and 2: the heads the tensor-core kernel pads to 8
+  RunRopeAndAttention(8, 4, 128);
   RunRopeAndAttention(8, 4, 32);
   RunRopeAndAttention(12, 4, 48);  // generic kernels (head_dim 48, group 3)
 }
