@@ -1,7 +1,9 @@
-// Implementation of attention.cuh. The fast kernel (head_dim 32/64/128, group 1/2/4/8) runs one
-// AttentionItem (attention_item.cuh) per block of 128 threads, (token, kv head, split) from the
-// grid. The generic kernels below cover every other shape (kernel 1 the same tiling with scalar V
-// reads, kernel 2 the merge).
+// Implementation of attention.cuh. LaunchAttention tries, in order: the cluster kernel for small
+// decode steps (attention_cluster.cu), the staged tensor-core kernel for wide ones
+// (attention_staged.cu), then the fast kernel here (head_dim 32/64/128, group 1/2/4/8: one
+// AttentionItem, attention_item.cuh, per block of 128 threads, (token, kv head, split) from the
+// grid), which also serves prefill. The generic kernels below cover every other shape (kernel 1
+// the same tiling with scalar V reads, kernel 2 the merge).
 #include "compute_node/cuda/attention.cuh"
 
 #include <algorithm>
