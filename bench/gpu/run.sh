@@ -80,8 +80,16 @@ if [[ -z ${SKIP_NCU:-} ]]; then
   for B in ${NCU_BATCHES:-1}; do
   stamp "per-kernel profile of batch-$B decode steps (ncu, one metric, clocks left alone)"
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
-  if [[ -n $NCU ]]; then
-    UM_CUDA_PDL=0 timeout 120 "$NCU" --clock-control none --launch-skip $(( B == 1 ? 300 : ${NCU_SKIP_WIDE:-9200} )) --launch-count ${NCU_COUNT:-130} --csv \
+  if [[ -n $NCU && $B != 1 ]]; then
+    # Wide steps: ~3 whole steps after the prefill (about 140 launches a sequence), grouped by
+    # kernel for the last whole one (bench/gpu/ncu_step.py).
+    UM_CUDA_PDL=0 timeout 150 "$NCU" --clock-control none --launch-skip ${NCU_SKIP_WIDE:-$(( 140 * B + 100 ))} \
+      --launch-count ${NCU_COUNT:-400} --csv --metrics gpu__time_duration.sum \
+      "$BIN/ultramem-cuda-bench" --model "$CKPT" --batches $B --context 512 --iters 1 --chain_kernels 0 \
+      >"$OUT/ncu_b$B.csv" 2>"$OUT/ncu_b$B.err"
+    python3 bench/gpu/ncu_step.py "$OUT/ncu_b$B.csv" | head -20
+  elif [[ -n $NCU ]]; then
+    UM_CUDA_PDL=0 timeout 120 "$NCU" --clock-control none --launch-skip 300 --launch-count ${NCU_COUNT:-130} --csv \
       --print-summary per-kernel --metrics gpu__time_duration.sum \
       "$BIN/ultramem-cuda-bench" --model "$CKPT" --batches $B --context 64 --iters 1 \
       >"$OUT/ncu_b$B.csv" 2>"$OUT/ncu_b$B.err"
