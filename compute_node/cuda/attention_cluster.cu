@@ -90,11 +90,7 @@ __global__ void __launch_bounds__(kThreads) AttentionClusterKernel(ClusterArgs a
   }
   const bool owner = p0 < p1 && p1 == ctx;  // the split holding the token's own position
   __nv_bfloat16 own_k = __float2bfloat16(0.0f), own_v = own_k;
-  if (owner && tid < kHD) {
-    OwnKv<kHD>(row, cs, a.num_heads, a.num_kv_heads, kvh, tid, own_k, own_v);
-    KvRow(tok, a.layer, 0, pos, width)[kvh * kHD + tid] = own_k;
-    KvRow(tok, a.layer, 1, pos, width)[kvh * kHD + tid] = own_v;
-  }
+  if (owner && tid < kHD) OwnKv<kHD>(row, cs, a.num_heads, a.num_kv_heads, kvh, tid, tok, a.layer, true, own_k, own_v);
 
   // Warp w owns query heads w, w + kWarps, ...: their running max, sum and P·V accumulators.
   constexpr int kGW = (kG + kWarps - 1) / kWarps;
@@ -119,7 +115,7 @@ __global__ void __launch_bounds__(kThreads) AttentionClusterKernel(ClusterArgs a
     } else {
       CpAsyncCommit();  // an empty group, so that "all but the newest" is this tile
     }
-    CpAsyncWaitAllButOne();
+    CpAsyncWaitGroup<1>();
     __syncthreads();  // the tile, q (first tile) and the token's own row are visible
     const int n = min(kTileP, p1 - tile);
     if (owner && pos >= tile && pos < tile + n) {

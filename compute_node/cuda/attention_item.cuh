@@ -117,12 +117,19 @@ __device__ __forceinline__ float RopeAt(const float* h, const float2* cs, int d)
 }
 
 // Dim d of the token's own K (rotated) and V row for kv head kvh, rounded to bf16 as the cache holds
-// them; row: the token's qkv row.
+// them (row: the token's qkv row); the split holding the token's position (`append`) also writes
+// them to the token's cache at its position.
 template <int kHD>
 __device__ __forceinline__ void OwnKv(const float* row, const float2* cs, int num_heads, int num_kv_heads, int kvh,
-                                      int d, __nv_bfloat16& k, __nv_bfloat16& v) {
+                                      int d, const TokenKv& tok, int layer, bool append, __nv_bfloat16& k,
+                                      __nv_bfloat16& v) {
   k = __float2bfloat16(RopeAt<kHD>(row + (num_heads + kvh) * kHD, cs, d));
   v = __float2bfloat16(__ldcg(row + (num_heads + num_kv_heads + kvh) * kHD + d));
+  if (append) {
+    const int width = num_kv_heads * kHD;
+    KvRow(tok, layer, 0, tok.position, width)[kvh * kHD + d] = k;
+    KvRow(tok, layer, 1, tok.position, width)[kvh * kHD + d] = v;
+  }
 }
 
 // The split merge, once this block's partials for (token t, kv head kvh) are in scratch
@@ -211,13 +218,9 @@ __device__ __forceinline__ void AttentionItem(AttentionItemSmem<kHD, kG>& sm, co
     const bool owner = p0 < p1 && p1 == ctx;  // the split holding the token's own position
     for (int d = tid; d < kHD; d += kFastThreads) {
       __nv_bfloat16 k, v;
-      OwnKv<kHD>(row, cs, num_heads, num_kv_heads, kvh, d, k, v);
+      OwnKv<kHD>(row, cs, num_heads, num_kv_heads, kvh, d, tok, layer, owner, k, v);
       sm.own_k[d] = __bfloat162float(k);
       sm.own_v[d] = __bfloat162float(v);
-      if (owner) {
-        KvRow(tok, layer, 0, pos, width)[kvh * kHD + d] = k;
-        KvRow(tok, layer, 1, pos, width)[kvh * kHD + d] = v;
-      }
     }
   }
   if (tid < kG) {

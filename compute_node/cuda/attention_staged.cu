@@ -107,11 +107,7 @@ __global__ void __launch_bounds__(kThreads) AttentionStagedKernel(AttentionItemA
   for (int e = kG * kTileP + tid; e < kN * kTileP; e += kThreads) sm.p[e / kTileP][e % kTileP] = __float2bfloat16(0.0f);
   const bool owner = p0 < p1 && p1 == ctx;  // the split holding the token's own position
   __nv_bfloat16 own_k = __float2bfloat16(0.0f), own_v = own_k;
-  if (owner && tid < kHD) {
-    OwnKv<kHD>(row, cs, a.num_heads, a.num_kv_heads, kvh, tid, own_k, own_v);
-    KvRow(tok, a.layer, 0, pos, width)[kvh * kHD + tid] = own_k;
-    KvRow(tok, a.layer, 1, pos, width)[kvh * kHD + tid] = own_v;
-  }
+  if (owner && tid < kHD) OwnKv<kHD>(row, cs, a.num_heads, a.num_kv_heads, kvh, tid, tok, a.layer, true, own_k, own_v);
   if (tid < kG) {
     sm.m_run[tid] = -INFINITY;
     sm.l_run[tid] = 0.0f;
