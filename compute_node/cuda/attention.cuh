@@ -55,6 +55,9 @@ bool LaunchAttentionCluster(float* qkv, const TokenKv* kv, const float2* rope, i
                             cudaStream_t stream);
 // -1: the environment decides (the default); 0: off; 1: on.
 void SetAttentionClusterForTesting(int enabled);
+// The cluster kernel's tile of positions: 64 or 128 (head_dim 64; 64 for 128), 0 by the step's
+// size, -1 the environment decides (UM_CUDA_ATTN_CLUSTER_TILE, else by the step's size).
+void SetAttentionClusterTileForTesting(int tile);
 
 // Wider decode steps with `rope` (at least half as many (token, kv head) pairs as multiprocessors;
 // head_dim 64 or 128, group 1/2/4/8) take the staged kernel (attention_staged.cu): a block per

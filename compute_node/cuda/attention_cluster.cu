@@ -26,13 +26,13 @@ namespace cg = cooperative_groups;
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kTileP = 64;  // positions per staged tile
 constexpr int kSplits = 8;  // blocks per cluster (the portable maximum)
 
 template <int kHD>
 constexpr int kRowBytes = kHD * 2 + 16;  // padded: 16-byte reads of consecutive rows hit distinct banks
 
-template <int kHD, int kG>
+// kTileP positions per staged tile.
+template <int kHD, int kG, int kTileP>
 struct ClusterSmem {
   alignas(16) unsigned char k[2][kTileP][kRowBytes<kHD>];
   alignas(16) unsigned char v[2][kTileP][kRowBytes<kHD>];
@@ -50,10 +50,10 @@ struct ClusterArgs {
   __nv_bfloat16* out;
 };
 
-template <int kHD, int kG>
+template <int kHD, int kG, int kTileP>
 __global__ void __launch_bounds__(kThreads) AttentionClusterKernel(ClusterArgs a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  auto& sm = *reinterpret_cast<ClusterSmem<kHD, kG>*>(smem_raw);
+  auto& sm = *reinterpret_cast<ClusterSmem<kHD, kG, kTileP>*>(smem_raw);
   cg::cluster_group cluster = cg::this_cluster();
   const int split = static_cast<int>(cluster.block_rank());
   const int kvh = blockIdx.y, t = blockIdx.z;
@@ -210,7 +210,7 @@ __global__ void __launch_bounds__(kThreads) AttentionClusterKernel(ClusterArgs a
     float l = 0.0f, acc_out = 0.0f;
 #pragma unroll
     for (int s = 0; s < kSplits; ++s) {
-      const ClusterSmem<kHD, kG>* rs = cluster.map_shared_rank(&sm, s);
+      const ClusterSmem<kHD, kG, kTileP>* rs = cluster.map_shared_rank(&sm, s);
       const float w = __expf(ms[s] - m);  // 0 for an empty split
       l += rs->l[g] * w;
       acc_out += rs->o[g][d] * w;
@@ -220,20 +220,21 @@ __global__ void __launch_bounds__(kThreads) AttentionClusterKernel(ClusterArgs a
   cluster.sync();  // no block leaves while another still reads its shared memory
 }
 
-template <int kHD, int kG>
+template <int kHD, int kG, int kTileP>
 void LaunchT(const ClusterArgs& a, int tokens, cudaStream_t stream) {
-  const size_t smem = sizeof(ClusterSmem<kHD, kG>);
+  const size_t smem = sizeof(ClusterSmem<kHD, kG, kTileP>);
   static const bool configured = [smem] {
-    cudaFuncSetAttribute(AttentionClusterKernel<kHD, kG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    cudaFuncSetAttribute(AttentionClusterKernel<kHD, kG, kTileP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          static_cast<int>(smem));
     return true;
   }();
   (void)configured;
-  LaunchKernelIn(kSplits, AttentionClusterKernel<kHD, kG>, dim3(kSplits, a.num_kv_heads, tokens), dim3(kThreads),
-                 smem, stream, a);
+  LaunchKernelIn(kSplits, AttentionClusterKernel<kHD, kG, kTileP>, dim3(kSplits, a.num_kv_heads, tokens),
+                 dim3(kThreads), smem, stream, a);
 }
 
 std::atomic<int> cluster_override{-1};  // -1: the environment decides
+std::atomic<int> tile_override{-1};     // -1: the environment decides
 
 // UM_CUDA_ATTN_CLUSTER (default on, read once) unless a test overrides it.
 bool AttentionClusterEnabled() {
@@ -245,6 +246,7 @@ bool AttentionClusterEnabled() {
 }  // namespace
 
 void SetAttentionClusterForTesting(int enabled) { cluster_override.store(enabled, std::memory_order_relaxed); }
+void SetAttentionClusterTileForTesting(int tile) { tile_override.store(tile, std::memory_order_relaxed); }
 
 bool LaunchAttentionCluster(float* qkv, const TokenKv* kv, const float2* rope, int tokens, int num_heads,
                             int num_kv_heads, int head_dim, int layer, __nv_bfloat16* out,
@@ -255,8 +257,20 @@ bool LaunchAttentionCluster(float* qkv, const TokenKv* kv, const float2* rope, i
   // batch 64 912 -> 1015, batch 256 1814 -> 2327 per decode step).
   if (static_cast<int64_t>(tokens) * num_kv_heads * kSplits > 2 * SmCount()) return false;
   const ClusterArgs a{qkv, kv, rope, num_heads, num_kv_heads, layer, out};
+  // Tiles of 128 positions (head_dim 64) where the step's clusters take one wave: a split of a
+  // 513..1024-token context is then one tile, not a full one and a sliver (H200, 2026-12-04,
+  // 517-token context: batch 1 312 -> 301 us; batch 8, two waves, 522 -> 555, hence the limit).
+  // UM_CUDA_ATTN_CLUSTER_TILE=64 or 128 forces one size.
+  static const int env_tile = EnvInt("UM_CUDA_ATTN_CLUSTER_TILE", 0);
+  const int forced = tile_override.load(std::memory_order_relaxed) >= 0 ? tile_override.load() : env_tile;
+  const bool one_wave = static_cast<int64_t>(tokens) * num_kv_heads * kSplits <= SmCount();
+  const int tile = forced == 64 || forced == 128 ? forced : (one_wave ? 128 : 64);
   return DispatchHeadDimAndGroup<64, 128>(head_dim, num_heads / num_kv_heads, [&](auto hd, auto g) {
-    LaunchT<decltype(hd)::value, decltype(g)::value>(a, tokens, stream);
+    constexpr int kHD = decltype(hd)::value, kG = decltype(g)::value;
+    if constexpr (kHD == 64) {
+      if (tile == 128) return LaunchT<kHD, kG, 128>(a, tokens, stream);
+    }
+    LaunchT<kHD, kG, 64>(a, tokens, stream);
   });
 }
 

@@ -262,15 +262,19 @@ absl::Status CudaEngine::EnqueueMemoryQuery(int j, int T, cudaStream_t stream,
                                             cublasHandle_t blas) {
   const MemoryConfig& mc = *cfg_.memory;
   DeviceMemoryLayer& d = mem_layers_[j];
-  UM_RETURN_IF_ERROR(MatMulBf16(blas, stream, mem_layers_[d.u_owner].u.get(), T, d.query_proj.get(), 2 * mc.key_dim,
-                              cfg_.hidden_size, d.q.get(), false));
+  if (!Ablated("mem.query_proj")) {
+    UM_RETURN_IF_ERROR(MatMulBf16(blas, stream, mem_layers_[d.u_owner].u.get(), T, d.query_proj.get(),
+                                  2 * mc.key_dim, cfg_.hidden_size, d.q.get(), false));
+  }
   Mark("mem.query_proj", stream);
-  LaunchQueryNorm(d.q.get(), d.query_norm.get(), T, mc.key_dim, mc.norm_eps, d.qn.get(), stream);
+  if (!Ablated("mem.query_norm")) {
+    LaunchQueryNorm(d.q.get(), d.query_norm.get(), T, mc.key_dim, mc.norm_eps, d.qn.get(), stream);
+  }
   Mark("mem.query_norm", stream);
   const int key_rows = static_cast<int>(mc.NumKeys() * mc.tucker_rank);
-  if (T <= kMaxGemvTokens) {
-    LaunchKeyScores(d.qn.get(), d.keys_hat.get(), T, mc.heads, key_rows, mc.key_dim,
-                    d.scores.get(), stream);
+  if (Ablated("mem.key_scores")) {
+  } else if (T <= kMaxGemvTokens) {
+    LaunchKeyScores(d.qn.get(), d.keys_hat.get(), T, mc.heads, key_rows, mc.key_dim, d.scores.get(), stream);
   } else {
     UM_RETURN_IF_ERROR(KeyScoresGemm(blas, d.qn.get(), d.keys_f32.get(), T, mc.heads, key_rows,
                                      mc.key_dim, d.scores.get()));
@@ -284,12 +288,15 @@ absl::Status CudaEngine::EnqueueMemoryQuery(int j, int T, cudaStream_t stream,
   shape.cores = mc.tucker_cores;
   shape.topk = mc.topk;
   shape.num_rows = mc.NumRows();
-  LaunchMemoryTopM(shape, d.scores.get(), d.cores.get(), d.core_u.get(), d.core_v.get(),
-                   d.shuffle.get(), d.rows.get(), d.groups.get(), d.sel_scores.get(),
-                   d.t_index.get(), stream);
+  if (!Ablated("mem.top_m")) {
+    LaunchMemoryTopM(shape, d.scores.get(), d.cores.get(), d.core_u.get(), d.core_v.get(),
+                     d.shuffle.get(), d.rows.get(), d.groups.get(), d.sel_scores.get(),
+                     d.t_index.get(), stream);
+  }
   CUDA_CHECK(cudaGetLastError());
   Mark("mem.top_m", stream);
-  if (device_pool_) {
+  // Without the top-m the pool would read unset rows: leaving that out leaves the pool out too.
+  if (device_pool_ && !Ablated("mem.pool") && !Ablated("mem.top_m")) {
     LaunchDevicePool(d.values.get(), d.rows.get(), d.groups.get(), d.sel_scores.get(), T,
                      mc.SelectionsPerToken(), mc.value_expand, mc.value_dim, mc.tucker_cores,
                      d.y.get(), stream);
@@ -324,7 +331,7 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
     if (skinny) {
       GemvArgs qkv = NormedGemv(T, qkv_width, bw.wqkv.get(), bw.attn_norm.get());
       qkv.y = qkv_.get();
-      LaunchGemv(qkv, main_);
+      if (!Ablated("qkv")) LaunchGemv(qkv, main_);
     } else {
       LaunchRmsNorm(x_.get(), bw.attn_norm.get(), T, D, cfg_.rms_norm_eps, nullptr, xn_.get(),
                     nullptr, main_);
@@ -333,11 +340,15 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
     }
     Mark("qkv", main_);
     if (!decode) LaunchRopeAndCache(qkv_.get(), kv_.get(), rope_.get(), T, nh, nkv, hd, b, main_);
-    LaunchAttention(qkv_.get(), kv_.get(), decode ? rope_.get() : nullptr, T, nh, nkv, hd, b,
-                    splits, attn_scratch_.get(), attn_counters_.get(), attn_.get(), main_);
+    if (!Ablated("attention")) {
+      LaunchAttention(qkv_.get(), kv_.get(), decode ? rope_.get() : nullptr, T, nh, nkv, hd, b,
+                      splits, attn_scratch_.get(), attn_counters_.get(), attn_.get(), main_);
+    }
     CUDA_CHECK(cudaGetLastError());
     Mark("attention", main_);
-    UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, attn_.get(), T, bw.wo.get(), D, nh * hd, x_.get(), true));
+    if (!Ablated("wo")) {
+      UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, attn_.get(), T, bw.wo.get(), D, nh * hd, x_.get(), true));
+    }
     Mark("wo", main_);
 
     // u_b (the memory layers reading block b share one copy), then the gate/up product.
@@ -354,7 +365,7 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
       gu.normed_out = u;
       gu.output = GemvOutput::kSwiGlu;
       gu.act = act_.get();
-      LaunchGemv(gu, main_);
+      if (!Ablated("gate_up")) LaunchGemv(gu, main_);
     } else {
       LaunchRmsNorm(x_.get(), bw.ffn_norm.get(), T, D, cfg_.rms_norm_eps, nullptr, xn_.get(), u,
                     main_);
@@ -379,21 +390,25 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
     if (skinny || mma) Mark("gate_up", main_);
     CUDA_CHECK(cudaGetLastError());
     for (int j = first_reader; j >= 0 && j < J; ++j) {
-      if (mem_layers_[j].input_block == b) UM_RETURN_IF_ERROR(ForkMemoryLayer(j, T, &pending));
+      if (mem_layers_[j].input_block == b && !Ablated("memory")) UM_RETURN_IF_ERROR(ForkMemoryLayer(j, T, &pending));
     }
 
-    UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, act_.get(), T, bw.w_down.get(), D, F, x_.get(), true));
+    if (!Ablated("down")) {
+      UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, act_.get(), T, bw.w_down.get(), D, F, x_.get(), true));
+    }
     Mark("down", main_);
 
     for (int j = 0; j < J && status.ok(); ++j) {
       DeviceMemoryLayer& d = mem_layers_[j];
-      if (d.output_block != b) continue;
+      if (d.output_block != b || Ablated("memory")) continue;
       status = JoinMemoryLayer(j, T, &pending);
       if (!status.ok()) break;
       Mark("memory_join_wait", main_);
       const MemoryConfig& mc = *cfg_.memory;
-      UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, d.y.get(), T, d.values_proj.get(), D,
-                                    mc.value_expand * mc.value_dim, x_.get(), true));
+      if (!Ablated("values_proj")) {
+        UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, d.y.get(), T, d.values_proj.get(), D,
+                                      mc.value_expand * mc.value_dim, x_.get(), true));
+      }
       Mark("values_proj", main_);
     }
   }
@@ -477,7 +492,7 @@ absl::Status CudaEngine::EnqueueLogits(int R) {
     GemvArgs lm = NormedGemv(R, cfg_.vocab_size, head, final_norm_.get());
     lm.rows = out_rows_.get();
     lm.y = logits_.get();
-    LaunchGemv(lm, main_);
+    if (!Ablated("lm_head")) LaunchGemv(lm, main_);
     CUDA_CHECK(cudaGetLastError());
     Mark("lm_head", main_);
     return absl::OkStatus();

@@ -141,6 +141,13 @@ class CudaEngine : public Engine {
   // each stream; PrintOpProfile sums the gaps by op (serialized: no PDL overlap across events).
   void Mark(const char* op, cudaStream_t stream);
   void PrintOpProfile();
+  // UM_CUDA_ABLATE=op,op,... (read once; a timing experiment, the outputs are then wrong): the
+  // named ops are left out of every step, so the step time without them shows what they add to
+  // the critical path. Names as in the op profile (qkv, attention, wo, gate_up, down,
+  // values_proj, lm_head, mem.query_proj, mem.query_norm, mem.key_scores, mem.top_m, mem.pool),
+  // or "memory" for each memory layer's whole fork, join and values_proj; mem.top_m also leaves
+  // out mem.pool (it would read unset rows).
+  static bool Ablated(const char* op);
   void ClearGraphs();
 
   std::shared_ptr<const ModelWeights> w_;

@@ -2,13 +2,35 @@
 // on each stream, summed by op and printed by ReplayLastStep.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
+#include <set>
 #include <string>
 
 #include "compute_node/cuda/cuda_engine_internal.h"
 
 namespace ultramem {
 namespace cuda {
+
+bool CudaEngine::Ablated(const char* op) {
+  static const std::set<std::string> ablated = [] {
+    std::set<std::string> ops;
+    const char* v = std::getenv("UM_CUDA_ABLATE");
+    std::string list = v != nullptr ? v : "";
+    for (size_t at = 0; at <= list.size();) {
+      const size_t end = std::min(list.find(',', at), list.size());
+      if (end > at) ops.insert(list.substr(at, end - at));
+      at = end + 1;
+    }
+    if (!ops.empty()) {
+      std::string names;
+      for (const auto& o : ops) names += " " + o;
+      std::fprintf(stderr, "UM_CUDA_ABLATE: leaving out%s (timing only: outputs are wrong)\n", names.c_str());
+    }
+    return ops;
+  }();
+  return !ablated.empty() && ablated.count(op) != 0;
+}
 
 void CudaEngine::Mark(const char* op, cudaStream_t stream) {
   if (!profiling_) return;

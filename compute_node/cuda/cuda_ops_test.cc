@@ -418,11 +418,13 @@ void RunRopeAndAttention(int nh, int nkv, int hd) {
   ASSERT_OK(counters.Reserve(AttentionCounterInts(T, nkv)));
   ASSERT_EQ(cudaMemset(counters.get(), 0, counters.size() * sizeof(int)), cudaSuccess);
   // Decode path: the attention kernel rotates q and k and appends K/V itself (qkv unrotated).
-  // "splits" 0: the cluster kernel (head_dim 64/128; the split kernel for other shapes), then the
-  // staged kernel (head_dim 64/128) at 1, 3 and 16 splits ("variant" 101, 103, 116), then the
-  // fast split kernel at 1, 3 and 16.
-  for (int variant : {0, 101, 103, 116, 1, 3, 16}) {
-    SetAttentionClusterForTesting(variant == 0 ? 1 : 0);
+  // "splits" 0: the cluster kernel (head_dim 64/128; the split kernel for other shapes) with its
+  // tile by the step's size, then with 64- and 128-position tiles (variants 200, 201), the staged
+  // kernel (head_dim 64/128) at 1, 3 and 16 splits (101, 103, 116), the fast split kernel at 1, 3
+  // and 16.
+  for (int variant : {0, 200, 201, 101, 103, 116, 1, 3, 16}) {
+    SetAttentionClusterForTesting(variant == 0 || variant >= 200 ? 1 : 0);
+    SetAttentionClusterTileForTesting(variant == 200 ? 64 : variant == 201 ? 128 : 0);
     SetAttentionStagedForTesting(variant > 100 ? 2 : 0);
     const int splits = std::max(variant % 100, 1);
     auto dqkv = Up(qkv);
@@ -463,6 +465,7 @@ void RunRopeAndAttention(int nh, int nkv, int hd) {
     EXPECT_LE(RelErr(DownBf16(out, T * nh * hd), want), 1e-2) << "fused again, splits " << variant;
   }
   SetAttentionClusterForTesting(-1);
+  SetAttentionClusterTileForTesting(-1);
   SetAttentionStagedForTesting(-1);
   // Prefill path: the RoPE kernel first (q rotated in qkv, K/V appended), then attention.
   auto dqkv = Up(qkv);
@@ -594,6 +597,7 @@ TEST(CudaOps, MemorySelectMatchesCpuBenchShape) {
   // The bench layer's shape with knum 1024 (n = 2048), Dk 256, H 2, m 32, r 2, h 2.
   RunSelect({200, 1024, 4, 256, 2, 32, 2, 2, false});
   RunSelect({5, 1024, 4, 256, 2, 32, 2, 2, false});  // the decode-step (few tokens) score kernel
+  RunSelect({1, 1024, 4, 256, 2, 32, 2, 2, false});  // the same kernel at one token (batch-1 decode)
 }
 
 TEST(CudaOps, MemorySelectMatchesCpuOddShapes) {

@@ -185,10 +185,13 @@ static constexpr int kStagedThreads = kStagedWarps * 32;
 static constexpr int kStagedMaxWeightBytes = 96 * 1024;
 static constexpr int kStagedMaxF4 = 4;  // in_dim <= kStagedThreads * 4 * kStagedMaxF4 with a norm
 static constexpr int kStagedHeader = 128;
+// The tensor-core compute (below): at most this many 8-row tiles of weight rows a block.
+static constexpr int kStagedMaxTiles = 6;
 
 struct StagedParams {
   GemvArgs a;
   int per_block;  // output units (rows, or SwiGLU columns of two rows) of each block; the last may have fewer
+  int pitch;      // elements between weight rows in shared memory (in_dim + 32: see StagedPitch)
   bool trace;     // block 0 records its timeline (GemvTraceEnabled)
 };
 
@@ -217,15 +220,128 @@ __device__ __forceinline__ bool MbarTestWait(uint64_t* bar, uint32_t parity) {
 }
 
 static __host__ __device__ int StagedXsBytes(int in_dim) { return (in_dim * 2 + 127) / 128 * 128; }
+// Weight rows sit 64 bytes further apart in shared memory than in global: the tensor-core compute
+// reads 16 bytes at the same column of 8 rows at once (lanes g = 0..7), and a pitch of 64 modulo
+// 128 bytes puts each quarter-warp's two rows on disjoint banks.
+static __host__ __device__ int StagedPitch(int in_dim) { return in_dim + 32; }
 
-template <bool kNorm, bool kSwiGlu>
-static __global__ void __launch_bounds__(kStagedThreads) GemvStagedKernel(StagedParams p) {
+// The block's products y[i] = W[i]·x for its `rows` staged weight rows (ws, `pitch` apart) on the
+// tensor cores: mma.sync m16n8k16 with the weight rows as B's 8 columns (a tile of 8 rows) and x
+// as every row of A (so each lane's C holds the product; row 0's is used). The 16-element K of
+// one mma is not contiguous: lane (g = lane / 4, q = lane % 4) loads 16 bytes at columns 8q..8q+7
+// of a 32-column chunk, for x and for weight row g of each tile, and two mmas take the halves —
+// the same permutation of K in A and B, so the sums are the products. The chunks are dealt round
+// robin to the warps, whose partial sums meet in `red` [kStagedWarps][kStagedMaxTiles * 8].
+static __device__ __forceinline__ void StagedMmaProducts(const __nv_bfloat16* xs, const __nv_bfloat16* ws,
+                                                         int pitch, int in_dim, int rows, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, q = lane & 3;
+  const int tiles = (rows + 7) / 8;
+  float acc[kStagedMaxTiles][4];
+#pragma unroll
+  for (int t = 0; t < kStagedMaxTiles; ++t) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
+  }
+  const uint32_t x_at = SmemAddr(xs + 8 * q), w_at = SmemAddr(ws + 8 * q);
+  for (int c = warp; c < in_dim / 32; c += kStagedWarps) {
+    const uint4 xv = LoadShared16At(x_at + 64 * c);
+#pragma unroll
+    for (int t = 0; t < kStagedMaxTiles; ++t) {
+      if (t < tiles) {
+        // Rows past the block's last repeat it (their sums are not read).
+        const int r = min(8 * t + g, rows - 1);
+        const uint4 wv = LoadShared16At(w_at + 2 * (r * pitch + 32 * c));
+        MmaBf16(acc[t], xv.x, xv.x, xv.y, xv.y, wv.x, wv.y);
+        MmaBf16(acc[t], xv.z, xv.z, xv.w, xv.w, wv.z, wv.w);
+      }
+    }
+  }
+  if (g == 0) {
+#pragma unroll
+    for (int t = 0; t < kStagedMaxTiles; ++t) {
+      if (t < tiles) {
+        red[warp * kStagedMaxTiles * 8 + 8 * t + 2 * q] = acc[t][0];
+        red[warp * kStagedMaxTiles * 8 + 8 * t + 2 * q + 1] = acc[t][1];
+      }
+    }
+  }
+  __syncthreads();
+}
+
+// The same for at most 2 tiles (16 rows): each tile's sums in 4 chains (the warp's chunks dealt
+// round robin to them), so that the dependent mmas of a long row overlap.
+static __device__ __forceinline__ void StagedMmaProductsFew(const __nv_bfloat16* xs, const __nv_bfloat16* ws,
+                                                            int pitch, int in_dim, int rows, float* red) {
+  constexpr int kChains = 4;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, q = lane & 3;
+  const int tiles = (rows + 7) / 8, chunks = in_dim / 32;
+  float acc[2][kChains][4];
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+#pragma unroll
+    for (int j = 0; j < kChains; ++j) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[t][j][i] = 0.0f;
+    }
+  }
+  const uint32_t x_at = SmemAddr(xs + 8 * q), w_at = SmemAddr(ws + 8 * q);
+  for (int c0 = warp; c0 < chunks; c0 += kChains * kStagedWarps) {
+#pragma unroll
+    for (int j = 0; j < kChains; ++j) {
+      const int c = c0 + j * kStagedWarps;
+      if (c < chunks) {
+        const uint4 xv = LoadShared16At(x_at + 64 * c);
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+          if (t < tiles) {
+            const int r = min(8 * t + g, rows - 1);
+            const uint4 wv = LoadShared16At(w_at + 2 * (r * pitch + 32 * c));
+            MmaBf16(acc[t][j], xv.x, xv.x, xv.y, xv.y, wv.x, wv.y);
+            MmaBf16(acc[t][j], xv.z, xv.z, xv.w, xv.w, wv.z, wv.w);
+          }
+        }
+      }
+    }
+  }
+  if (g == 0) {
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      if (t < tiles) {
+        float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kChains; ++j) {
+          s0 += acc[t][j][0];
+          s1 += acc[t][j][1];
+        }
+        red[warp * kStagedMaxTiles * 8 + 8 * t + 2 * q] = s0;
+        red[warp * kStagedMaxTiles * 8 + 8 * t + 2 * q + 1] = s1;
+      }
+    }
+  }
+  __syncthreads();
+}
+
+// Whether the tensor-core compute takes these products (else a warp per output unit).
+static bool StagedMmaFits(const GemvArgs& a, int per_block) {
+  // 0: off, 1: every product, 2: the gate/up (SwiGLU) products only.
+  static const int mode = EnvInt("UM_CUDA_GEMV_MMA", 2);
+  const bool swiglu = a.output == GemvOutput::kSwiGlu;
+  const int rows = per_block * (swiglu ? 2 : 1);
+  return (mode == 1 || (mode == 2 && swiglu)) && a.in_dim % 32 == 0 && rows <= 8 * kStagedMaxTiles;
+}
+
+// At most 64 registers a thread: the kernels after this one must fit beside it to stage their
+// weights early (at 126 registers the tensor-core variant cost 65 us a batch-1 step).
+template <bool kNorm, bool kSwiGlu, bool kMma>
+static __global__ void __launch_bounds__(kStagedThreads, kMma ? 4 : 0) GemvStagedKernel(StagedParams p) {
   const GemvArgs& a = p.a;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   uint64_t* bar = reinterpret_cast<uint64_t*>(smem_raw);
   __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(smem_raw + kStagedHeader);
   __nv_bfloat16* ws = reinterpret_cast<__nv_bfloat16*>(smem_raw + kStagedHeader + StagedXsBytes(a.in_dim));
-  __shared__ float red[kStagedWarps];
+  __shared__ float red[kMma ? kStagedWarps * kStagedMaxTiles * 8 : kStagedWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int u0 = blockIdx.x * p.per_block;
   const int n = min(p.per_block, a.out_dim - u0);
@@ -249,7 +365,7 @@ static __global__ void __launch_bounds__(kStagedThreads) GemvStagedKernel(Staged
     __syncwarp();
     for (int r = lane; r < rows; r += 32) {
       const int src = kSwiGlu && r >= n ? a.out_dim + u0 + (r - n) : u0 + r;
-      BulkLoad(ws + static_cast<int64_t>(r) * a.in_dim, a.w + static_cast<int64_t>(src) * a.in_dim, row_bytes, bar);
+      BulkLoad(ws + static_cast<int64_t>(r) * p.pitch, a.w + static_cast<int64_t>(src) * a.in_dim, row_bytes, bar);
     }
   }
   // The norm's weights are weights too: into registers before the wait.
@@ -269,10 +385,11 @@ static __global__ void __launch_bounds__(kStagedThreads) GemvStagedKernel(Staged
     ready_at_wait = MbarTestWait(bar, 0);
   }
 
-  // After the wait: the residual this warp's rows add to (lane j holds row warp + 8j), and x.
+  // After the wait: the residual the block's rows add to (kMma: thread i holds row i; else lane j
+  // of a warp holds row warp + 8j), and x.
   float prev = 0.0f;
   if (a.output == GemvOutput::kAccumulate) {
-    const int i = warp + kStagedWarps * lane;
+    const int i = kMma ? static_cast<int>(threadIdx.x) : warp + kStagedWarps * lane;
     if (i < n) prev = __ldcg(a.y + u0 + i);
   }
   if constexpr (kNorm) {
@@ -319,11 +436,33 @@ static __global__ void __launch_bounds__(kStagedThreads) GemvStagedKernel(Staged
   MbarWait(bar, 0);
   if (trace) c_ready = clock64();
 
+  if constexpr (kMma) {
+    const int rows = kSwiGlu ? 2 * n : n;
+    if (rows <= 16) {
+      StagedMmaProductsFew(xs, ws, p.pitch, a.in_dim, rows, red);
+    } else {
+      StagedMmaProducts(xs, ws, p.pitch, a.in_dim, rows, red);
+    }
+    const int i = threadIdx.x;
+    if (i < n) {
+      float acc_a = 0.0f, acc_b = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kStagedWarps; ++w) {
+        acc_a += red[w * kStagedMaxTiles * 8 + i];
+        if (kSwiGlu) acc_b += red[w * kStagedMaxTiles * 8 + n + i];
+      }
+      if (kSwiGlu) {
+        a.act[u0 + i] = __float2bfloat16(acc_a / (1.0f + __expf(-acc_a)) * acc_b);
+      } else {
+        a.y[u0 + i] = a.output == GemvOutput::kAccumulate ? prev + acc_a : acc_a;
+      }
+    }
+  }
   const int chunks = a.in_dim / 8;
   const uint4* x4 = reinterpret_cast<const uint4*>(xs);
-  for (int i = warp, k = 0; i < n; i += kStagedWarps, ++k) {
-    const uint4* wa = reinterpret_cast<const uint4*>(ws + static_cast<int64_t>(i) * a.in_dim);
-    const uint4* wb = reinterpret_cast<const uint4*>(ws + static_cast<int64_t>(n + i) * a.in_dim);
+  for (int i = warp, k = 0; !kMma && i < n; i += kStagedWarps, ++k) {
+    const uint4* wa = reinterpret_cast<const uint4*>(ws + static_cast<int64_t>(i) * p.pitch);
+    const uint4* wb = reinterpret_cast<const uint4*>(ws + static_cast<int64_t>(n + i) * p.pitch);
     float acc_a = 0.0f, acc_b = 0.0f;
 #pragma unroll 4
     for (int c = lane; c < chunks; c += 32) {
@@ -371,22 +510,29 @@ static bool StagedShape(const GemvArgs& a, StagedParams* p, int* blocks, size_t*
   p->per_block = (a.out_dim + SmCount() - 1) / SmCount();
   // Lane j of a warp holds the residual of its j-th row: at most 32 rows a warp.
   if (p->per_block > 32 * kStagedWarps) return false;
-  const int64_t weight_bytes = static_cast<int64_t>(p->per_block) * (swiglu ? 2 : 1) * a.in_dim * 2;
+  p->pitch = StagedPitch(a.in_dim);
+  const int64_t weight_bytes = static_cast<int64_t>(p->per_block) * (swiglu ? 2 : 1) * p->pitch * 2;
   if (weight_bytes > kStagedMaxWeightBytes) return false;
   *blocks = (a.out_dim + p->per_block - 1) / p->per_block;
   *smem = kStagedHeader + StagedXsBytes(a.in_dim) + static_cast<size_t>(weight_bytes);
   return true;
 }
 
-template <bool kNorm, bool kSwiGlu>
+template <bool kNorm, bool kSwiGlu, bool kMma>
 static void LaunchStaged(const StagedParams& p, int blocks, size_t smem, cudaStream_t stream) {
   static const bool configured = [] {
-    cudaFuncSetAttribute(GemvStagedKernel<kNorm, kSwiGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    cudaFuncSetAttribute(GemvStagedKernel<kNorm, kSwiGlu, kMma>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          kStagedHeader + StagedXsBytes(kStagedThreads * 4 * kStagedMaxF4) + kStagedMaxWeightBytes);
     return true;
   }();
   (void)configured;
-  LaunchKernel(GemvStagedKernel<kNorm, kSwiGlu>, dim3(blocks), dim3(kStagedThreads), smem, stream, p);
+  LaunchKernel(GemvStagedKernel<kNorm, kSwiGlu, kMma>, dim3(blocks), dim3(kStagedThreads), smem, stream, p);
+}
+
+template <bool kNorm, bool kSwiGlu>
+static void LaunchStaged(const StagedParams& p, int blocks, size_t smem, cudaStream_t stream) {
+  StagedMmaFits(p.a, p.per_block) ? LaunchStaged<kNorm, kSwiGlu, true>(p, blocks, smem, stream)
+                                  : LaunchStaged<kNorm, kSwiGlu, false>(p, blocks, smem, stream);
 }
 
 bool GemvTraceEnabled() {

@@ -28,6 +28,13 @@ __device__ __forceinline__ uint4 LoadShared16(const void* p) {
   return v;
 }
 
+// The same at a shared-memory address (SmemAddr).
+__device__ __forceinline__ uint4 LoadShared16At(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+  return v;
+}
+
 // Eight bf16 pairs packed in 16-byte words, summed in fp32 in a fixed left-to-right order (so
 // kernels sharing it agree to the bit).
 __device__ __forceinline__ float Dot8(const uint4& a, const uint4& b) {
