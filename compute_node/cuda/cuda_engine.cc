@@ -47,6 +47,13 @@ namespace ultramem {
 namespace cuda {
 namespace {
 
+// The wide steps' key scores by fp32 SGEMM (UM_CUDA_KEYSCORE_SGEMM=1, read once) instead of the
+// split bf16 GEMM.
+bool KeyScoresBySgemm() {
+  static const bool sgemm = EnvInt("UM_CUDA_KEYSCORE_SGEMM", 0) != 0;
+  return sgemm;
+}
+
 absl::Status UploadBf16(const std::vector<float>& host, DeviceBuffer<bf16>* out) {
   std::vector<uint16_t> converted(host.size());
   for (size_t i = 0; i < host.size(); ++i) converted[i] = F32ToBf16(host[i]);
@@ -179,7 +186,11 @@ absl::Status CudaEngine::Init() {
     UM_RETURN_IF_ERROR(UploadBf16(s.query_proj, &d.query_proj));
     UM_RETURN_IF_ERROR(UploadF32(s.query_norm, &d.query_norm));
     UM_RETURN_IF_ERROR(UploadBf16(s.keys_hat, &d.keys_hat));
-    UM_RETURN_IF_ERROR(UploadF32(s.keys_hat, &d.keys_f32));
+    if (KeyScoresBySgemm()) {
+      UM_RETURN_IF_ERROR(UploadF32(s.keys_hat, &d.keys_f32));
+    } else {
+      UM_RETURN_IF_ERROR(UploadBf16(TripleKeyRows(s.keys_hat, cfg_.memory->key_dim), &d.keys3));
+    }
     UM_RETURN_IF_ERROR(UploadF32(s.cores, &d.cores));
     UM_RETURN_IF_ERROR(UploadF32(s.core_u, &d.core_u));
     UM_RETURN_IF_ERROR(UploadF32(s.core_v, &d.core_v));
@@ -238,6 +249,7 @@ absl::Status CudaEngine::EnsureCapacity(int tokens, int rows) {
       UM_RETURN_IF_ERROR(d.u.Reserve(T * D));
       UM_RETURN_IF_ERROR(d.q.Reserve(T * 2 * mc.key_dim));
       UM_RETURN_IF_ERROR(d.qn.Reserve(T * 2 * mc.key_dim));
+      UM_RETURN_IF_ERROR(d.q_parts.Reserve(T * 2 * 3 * mc.key_dim));
       UM_RETURN_IF_ERROR(d.scores.Reserve(T * 2 * mc.heads * nr));
       UM_RETURN_IF_ERROR(d.rows.Reserve(T * K));
       UM_RETURN_IF_ERROR(d.groups.Reserve(T * K));
@@ -267,17 +279,27 @@ absl::Status CudaEngine::EnqueueMemoryQuery(int j, int T, cudaStream_t stream,
                                   2 * mc.key_dim, cfg_.hidden_size, d.q.get(), false));
   }
   Mark("mem.query_proj", stream);
-  if (!Ablated("mem.query_norm")) {
-    LaunchQueryNorm(d.q.get(), d.query_norm.get(), T, mc.key_dim, mc.norm_eps, d.qn.get(), stream);
-  }
-  Mark("mem.query_norm", stream);
   const int key_rows = static_cast<int>(mc.NumKeys() * mc.tucker_rank);
-  if (Ablated("mem.key_scores")) {
-  } else if (T <= kMaxGemvTokens) {
-    LaunchKeyScores(d.qn.get(), d.keys_hat.get(), T, mc.heads, key_rows, mc.key_dim, d.scores.get(), stream);
+  if (T <= kMaxGemvTokens) {
+    if (!Ablated("mem.key_scores")) {
+      LaunchQueryKeyScores(d.q.get(), d.query_norm.get(), mc.norm_eps, d.keys_hat.get(), T, mc.heads, key_rows,
+                           mc.key_dim, d.qn.get(), d.scores.get(), stream);
+    }
   } else {
-    UM_RETURN_IF_ERROR(KeyScoresGemm(blas, d.qn.get(), d.keys_f32.get(), T, mc.heads, key_rows,
-                                     mc.key_dim, d.scores.get()));
+    const bool sgemm = KeyScoresBySgemm();
+    if (!Ablated("mem.query_norm")) {
+      LaunchQueryNorm(d.q.get(), d.query_norm.get(), T, mc.key_dim, mc.norm_eps, d.qn.get(), stream,
+                      sgemm ? nullptr : d.q_parts.get());
+    }
+    Mark("mem.query_norm", stream);
+    if (Ablated("mem.key_scores")) {
+    } else if (sgemm) {
+      UM_RETURN_IF_ERROR(KeyScoresGemm(blas, d.qn.get(), d.keys_f32.get(), T, mc.heads, key_rows,
+                                       mc.key_dim, d.scores.get()));
+    } else {
+      UM_RETURN_IF_ERROR(KeyScoresGemmSplit(blas, d.q_parts.get(), d.keys3.get(), T, mc.heads, key_rows,
+                                            mc.key_dim, d.scores.get()));
+    }
   }
   Mark("mem.key_scores", stream);
   TopMShape shape;

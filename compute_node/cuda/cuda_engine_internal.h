@@ -81,7 +81,10 @@ struct DeviceMemoryLayer {
   int u_owner = 0;  // the layer whose `u` holds u_{input_block} (the first reading that block)
   DeviceBuffer<bf16> query_proj, keys_hat, values_proj, values;
   DeviceBuffer<float> query_norm, cores, core_u, core_v;
-  DeviceBuffer<float> keys_f32;  // K̂ in fp32, for the wide steps' SGEMM key scores
+  // The wide steps' key scores: K̂ rows three times over in bf16 with the query parts (gemm.h's
+  // KeyScoresGemmSplit), or K̂ in fp32 for SGEMM (UM_CUDA_KEYSCORE_SGEMM=1, as before 2026-12).
+  DeviceBuffer<bf16> keys3, q_parts;
+  DeviceBuffer<float> keys_f32;
   DeviceBuffer<int64_t> shuffle;
   // Per-step buffers.
   DeviceBuffer<bf16> u, y;

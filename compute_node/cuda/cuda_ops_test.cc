@@ -539,6 +539,9 @@ void RunSelect(const SelectCase& c) {
 
   auto du = UpBf16(u), dqp = UpBf16(w.query_proj), dkeys = UpBf16(w.keys_hat);
   auto dkeys_f32 = Up(w.keys_hat);
+  auto dkeys3 = UpBf16(TripleKeyRows(w.keys_hat, c.key_dim));
+  DeviceBuffer<bf16> qparts;
+  ASSERT_OK(qparts.Reserve(size_t(T) * 2 * 3 * c.key_dim));
   auto dqnw = Up(w.query_norm), dcores = Up(w.cores), dcu = Up(w.core_u), dcv = Up(w.core_v);
   auto dshuffle = Up(w.shuffle_index);
   DeviceBuffer<float> q, qn, S, sc;
@@ -558,12 +561,21 @@ void RunSelect(const SelectCase& c) {
   cublasHandle_t blas;
   ASSERT_EQ(cublasCreate(&blas), CUBLAS_STATUS_SUCCESS);
   ASSERT_OK(GemmBf16(blas, du.get(), T, dqp.get(), 2 * c.key_dim, D, q.get(), false));
-  LaunchQueryNorm(q.get(), dqnw.get(), T, c.key_dim, mc.norm_eps, qn.get(), nullptr);
-  // As the engine chooses: the few-token kernel on bf16 keys, SGEMM on fp32 keys for wide steps.
+  // As the engine chooses: the staged GEMV at one token, the norm and the few-token kernel on bf16
+  // keys up to 8, the split bf16 GEMM for wide steps.
   if (T <= kMaxGemvTokens) {
-    LaunchKeyScores(qn.get(), dkeys.get(), T, H, static_cast<int>(nr), c.key_dim, S.get(), nullptr);
+    LaunchQueryKeyScores(q.get(), dqnw.get(), mc.norm_eps, dkeys.get(), T, H, static_cast<int>(nr), c.key_dim,
+                         qn.get(), S.get(), nullptr);
   } else {
-    ASSERT_OK(KeyScoresGemm(blas, qn.get(), dkeys_f32.get(), T, H, static_cast<int>(nr), c.key_dim, S.get()));
+    // The split bf16 GEMM, as the engine runs it, and fp32 SGEMM, which must agree with it far
+    // closer than one bf16 product would (~3e-3).
+    LaunchQueryNorm(q.get(), dqnw.get(), T, c.key_dim, mc.norm_eps, qn.get(), nullptr, qparts.get());
+    ASSERT_OK(KeyScoresGemmSplit(blas, qparts.get(), dkeys3.get(), T, H, static_cast<int>(nr), c.key_dim, S.get()));
+    DeviceBuffer<float> S32;
+    ASSERT_OK(S32.Reserve(S.size()));
+    ASSERT_OK(KeyScoresGemm(blas, qn.get(), dkeys_f32.get(), T, H, static_cast<int>(nr), c.key_dim, S32.get()));
+    const auto split = Down(S, S.size()), sgemm = Down(S32, S.size());
+    EXPECT_LE(RelErr(split, sgemm), 1e-5) << "split bf16 key scores against SGEMM";
   }
   TopMShape shape{T, H, static_cast<int>(n), r, h, m, mc.NumRows()};
   LaunchMemoryTopM(shape, S.get(), dcores.get(), dcu.get(), dcv.get(), dshuffle.get(), rows.get(),
@@ -597,7 +609,7 @@ TEST(CudaOps, MemorySelectMatchesCpuBenchShape) {
   // The bench layer's shape with knum 1024 (n = 2048), Dk 256, H 2, m 32, r 2, h 2.
   RunSelect({200, 1024, 4, 256, 2, 32, 2, 2, false});
   RunSelect({5, 1024, 4, 256, 2, 32, 2, 2, false});  // the decode-step (few tokens) score kernel
-  RunSelect({1, 1024, 4, 256, 2, 32, 2, 2, false});  // the same kernel at one token (batch-1 decode)
+  RunSelect({1, 1024, 4, 256, 2, 32, 2, 2, false});  // one token: the staged GEMV's key scores
 }
 
 TEST(CudaOps, MemorySelectMatchesCpuOddShapes) {

@@ -2,6 +2,8 @@
 // yᵀ[out, T] = W(col-major [in, out])ᵀ · xᵀ(col-major [in, T]).
 #include "compute_node/cuda/gemm.h"
 
+#include <algorithm>
+
 #include "compute_node/cuda/cuda_check.h"
 #include "compute_node/cuda/gemm_mma.cuh"
 #include "compute_node/cuda/gemv.cuh"
@@ -61,6 +63,34 @@ absl::Status KeyScoresGemm(cublasHandle_t handle, const float* qn, const float* 
         &beta, scores + side * plane_scores, key_rows, 2 * plane_scores, heads));
   }
   return absl::OkStatus();
+}
+
+absl::Status KeyScoresGemmSplit(cublasHandle_t handle, const __nv_bfloat16* parts, const __nv_bfloat16* keys3,
+                                int tokens, int heads, int key_rows, int key_dim, float* scores) {
+  if (tokens == 0) return absl::OkStatus();
+  const float alpha = 1.0f, beta = 0.0f;
+  const int k3 = 3 * key_dim;
+  const long long plane_keys = static_cast<long long>(key_rows) * k3;
+  const long long plane_scores = static_cast<long long>(tokens) * key_rows;
+  for (int side = 0; side < 2; ++side) {
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        handle, CUBLAS_OP_T, CUBLAS_OP_N, key_rows, tokens, k3, &alpha, keys3 + side * plane_keys, CUDA_R_16BF,
+        k3, 2 * plane_keys, parts + static_cast<long long>(side) * tokens * k3, CUDA_R_16BF, k3, 0, &beta,
+        scores + side * plane_scores, CUDA_R_32F, key_rows, 2 * plane_scores, heads, CUBLAS_COMPUTE_32F,
+        CUBLAS_GEMM_DEFAULT));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<float> TripleKeyRows(const std::vector<float>& keys, int key_dim) {
+  const size_t rows = keys.size() / key_dim;
+  std::vector<float> out(rows * 3 * key_dim);
+  for (size_t r = 0; r < rows; ++r) {
+    for (int c = 0; c < 3; ++c) {
+      std::copy(keys.begin() + r * key_dim, keys.begin() + (r + 1) * key_dim, out.begin() + (r * 3 + c) * key_dim);
+    }
+  }
+  return out;
 }
 
 }  // namespace ultramem::cuda

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
 
@@ -28,5 +29,15 @@ absl::Status MatMulBf16(cublasHandle_t handle, cudaStream_t stream, const __nv_b
 // scores: [H][2][tokens][key_rows]. The few-token kernel in memory_score.cuh reads bf16 keys.
 absl::Status KeyScoresGemm(cublasHandle_t handle, const float* qn, const float* keys, int tokens,
                            int heads, int key_rows, int key_dim, float* scores);
+
+// The same on the tensor cores at fp32 accuracy: each normalized query is split into three bf16
+// parts (hi + mid + lo, LaunchQueryNorm's `parts`: [2][tokens][3·Dk]) that sum to it within
+// 2^-24, and each key row is stored three times over (keys3: [H][2][key_rows][3·Dk] bf16,
+// TripleKeyRows), so one bf16 GEMM with fp32 accumulation over K = 3·Dk sums K̂·hi + K̂·mid +
+// K̂·lo, every product exact in fp32.
+absl::Status KeyScoresGemmSplit(cublasHandle_t handle, const __nv_bfloat16* parts, const __nv_bfloat16* keys3,
+                                int tokens, int heads, int key_rows, int key_dim, float* scores);
+// keys [planes · rows][Dk] -> [planes · rows][3 · Dk], each row three times.
+std::vector<float> TripleKeyRows(const std::vector<float>& keys, int key_dim);
 
 }  // namespace ultramem::cuda

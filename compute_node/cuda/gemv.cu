@@ -219,7 +219,8 @@ __device__ __forceinline__ bool MbarTestWait(uint64_t* bar, uint32_t parity) {
   return done != 0;
 }
 
-static __host__ __device__ int StagedXsBytes(int in_dim) { return (in_dim * 2 + 127) / 128 * 128; }
+// x in shared memory: bf16, or fp32 (GemvArgs::fp32_input).
+static __host__ __device__ int StagedXsBytes(int in_dim, bool f32) { return (in_dim * (f32 ? 4 : 2) + 127) / 128 * 128; }
 // Weight rows sit 64 bytes further apart in shared memory than in global: the tensor-core compute
 // reads 16 bytes at the same column of 8 rows at once (lanes g = 0..7), and a pitch of 64 modulo
 // 128 bytes puts each quarter-warp's two rows on disjoint banks.
@@ -269,60 +270,6 @@ static __device__ __forceinline__ void StagedMmaProducts(const __nv_bfloat16* xs
   __syncthreads();
 }
 
-// The same for at most 2 tiles (16 rows): each tile's sums in 4 chains (the warp's chunks dealt
-// round robin to them), so that the dependent mmas of a long row overlap.
-static __device__ __forceinline__ void StagedMmaProductsFew(const __nv_bfloat16* xs, const __nv_bfloat16* ws,
-                                                            int pitch, int in_dim, int rows, float* red) {
-  constexpr int kChains = 4;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int g = lane >> 2, q = lane & 3;
-  const int tiles = (rows + 7) / 8, chunks = in_dim / 32;
-  float acc[2][kChains][4];
-#pragma unroll
-  for (int t = 0; t < 2; ++t) {
-#pragma unroll
-    for (int j = 0; j < kChains; ++j) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[t][j][i] = 0.0f;
-    }
-  }
-  const uint32_t x_at = SmemAddr(xs + 8 * q), w_at = SmemAddr(ws + 8 * q);
-  for (int c0 = warp; c0 < chunks; c0 += kChains * kStagedWarps) {
-#pragma unroll
-    for (int j = 0; j < kChains; ++j) {
-      const int c = c0 + j * kStagedWarps;
-      if (c < chunks) {
-        const uint4 xv = LoadShared16At(x_at + 64 * c);
-#pragma unroll
-        for (int t = 0; t < 2; ++t) {
-          if (t < tiles) {
-            const int r = min(8 * t + g, rows - 1);
-            const uint4 wv = LoadShared16At(w_at + 2 * (r * pitch + 32 * c));
-            MmaBf16(acc[t][j], xv.x, xv.x, xv.y, xv.y, wv.x, wv.y);
-            MmaBf16(acc[t][j], xv.z, xv.z, xv.w, xv.w, wv.z, wv.w);
-          }
-        }
-      }
-    }
-  }
-  if (g == 0) {
-#pragma unroll
-    for (int t = 0; t < 2; ++t) {
-      if (t < tiles) {
-        float s0 = 0.0f, s1 = 0.0f;
-#pragma unroll
-        for (int j = 0; j < kChains; ++j) {
-          s0 += acc[t][j][0];
-          s1 += acc[t][j][1];
-        }
-        red[warp * kStagedMaxTiles * 8 + 8 * t + 2 * q] = s0;
-        red[warp * kStagedMaxTiles * 8 + 8 * t + 2 * q + 1] = s1;
-      }
-    }
-  }
-  __syncthreads();
-}
-
 // Whether the tensor-core compute takes these products (else a warp per output unit).
 static bool StagedMmaFits(const GemvArgs& a, int per_block) {
   // 0: off, 1: every product, 2: the gate/up (SwiGLU) products only.
@@ -334,13 +281,15 @@ static bool StagedMmaFits(const GemvArgs& a, int per_block) {
 
 // At most 64 registers a thread: the kernels after this one must fit beside it to stage their
 // weights early (at 126 registers the tensor-core variant cost 65 us a batch-1 step).
-template <bool kNorm, bool kSwiGlu, bool kMma>
+template <bool kNorm, bool kSwiGlu, bool kMma, bool kXF32 = false>
 static __global__ void __launch_bounds__(kStagedThreads, kMma ? 4 : 0) GemvStagedKernel(StagedParams p) {
+  static_assert(!kXF32 || (kNorm && !kSwiGlu && !kMma), "fp32 x: normalized rows, plain products");
   const GemvArgs& a = p.a;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   uint64_t* bar = reinterpret_cast<uint64_t*>(smem_raw);
   __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(smem_raw + kStagedHeader);
-  __nv_bfloat16* ws = reinterpret_cast<__nv_bfloat16*>(smem_raw + kStagedHeader + StagedXsBytes(a.in_dim));
+  float* xsf = reinterpret_cast<float*>(smem_raw + kStagedHeader);  // kXF32
+  __nv_bfloat16* ws = reinterpret_cast<__nv_bfloat16*>(smem_raw + kStagedHeader + StagedXsBytes(a.in_dim, kXF32));
   __shared__ float red[kMma ? kStagedWarps * kStagedMaxTiles * 8 : kStagedWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int u0 = blockIdx.x * p.per_block;
@@ -395,7 +344,8 @@ static __global__ void __launch_bounds__(kStagedThreads, kMma ? 4 : 0) GemvStage
   if constexpr (kNorm) {
     // Written by earlier kernels, some of which may share this multiprocessor's L1: read via L2.
     const int src = a.rows != nullptr ? __ldcg(a.rows) : 0;
-    const float4* row = reinterpret_cast<const float4*>(a.x_f32 + static_cast<int64_t>(src) * a.in_dim);
+    const int half = a.x_group_rows > 0 ? (u0 / a.x_group_rows) & 1 : 0;
+    const float4* row = reinterpret_cast<const float4*>(a.x_f32 + static_cast<int64_t>(src + half) * a.in_dim);
     float4 v[kStagedMaxF4];
     float ss = 0.0f;
 #pragma unroll
@@ -416,7 +366,10 @@ static __global__ void __launch_bounds__(kStagedThreads, kMma ? 4 : 0) GemvStage
 #pragma unroll
     for (int i = 0; i < kStagedMaxF4; ++i) {
       const int c = threadIdx.x + i * kStagedThreads;
-      if (c < f4s) {
+      if (kXF32 && c < f4s) {
+        reinterpret_cast<float4*>(xsf)[c] = make_float4(v[i].x * scale * nw[i].x, v[i].y * scale * nw[i].y,
+                                                        v[i].z * scale * nw[i].z, v[i].w * scale * nw[i].w);
+      } else if (c < f4s) {
         __nv_bfloat162 lo = __floats2bfloat162_rn(v[i].x * scale * nw[i].x, v[i].y * scale * nw[i].y);
         __nv_bfloat162 hi = __floats2bfloat162_rn(v[i].z * scale * nw[i].z, v[i].w * scale * nw[i].w);
         reinterpret_cast<__nv_bfloat162*>(xs)[2 * c] = lo;
@@ -437,12 +390,7 @@ static __global__ void __launch_bounds__(kStagedThreads, kMma ? 4 : 0) GemvStage
   if (trace) c_ready = clock64();
 
   if constexpr (kMma) {
-    const int rows = kSwiGlu ? 2 * n : n;
-    if (rows <= 16) {
-      StagedMmaProductsFew(xs, ws, p.pitch, a.in_dim, rows, red);
-    } else {
-      StagedMmaProducts(xs, ws, p.pitch, a.in_dim, rows, red);
-    }
+    StagedMmaProducts(xs, ws, p.pitch, a.in_dim, kSwiGlu ? 2 * n : n, red);
     const int i = threadIdx.x;
     if (i < n) {
       float acc_a = 0.0f, acc_b = 0.0f;
@@ -466,9 +414,14 @@ static __global__ void __launch_bounds__(kStagedThreads, kMma ? 4 : 0) GemvStage
     float acc_a = 0.0f, acc_b = 0.0f;
 #pragma unroll 4
     for (int c = lane; c < chunks; c += 32) {
-      const uint4 xv = LoadShared16(x4 + c);
-      acc_a += Dot8(LoadShared16(wa + c), xv);
-      if (kSwiGlu) acc_b += Dot8(LoadShared16(wb + c), xv);
+      if constexpr (kXF32) {
+        const uint4 xa = LoadShared16(xsf + 8 * c), xb = LoadShared16(xsf + 8 * c + 4);
+        acc_a += Dot8F32(LoadShared16(wa + c), reinterpret_cast<const float4&>(xa), reinterpret_cast<const float4&>(xb));
+      } else {
+        const uint4 xv = LoadShared16(x4 + c);
+        acc_a += Dot8(LoadShared16(wa + c), xv);
+        if (kSwiGlu) acc_b += Dot8(LoadShared16(wb + c), xv);
+      }
     }
     for (int o = 16; o > 0; o >>= 1) {
       acc_a += __shfl_xor_sync(0xffffffffu, acc_a, o);
@@ -506,27 +459,33 @@ static bool StagedShape(const GemvArgs& a, StagedParams* p, int* blocks, size_t*
   if (a.tokens != 1 || a.in_dim % 8 != 0) return false;
   if (a.x_f32 != nullptr && a.in_dim > kStagedThreads * 4 * kStagedMaxF4) return false;
   const bool swiglu = a.output == GemvOutput::kSwiGlu;
+  if (a.fp32_input && (a.x_f32 == nullptr || swiglu)) return false;
   p->a = a;
   p->per_block = (a.out_dim + SmCount() - 1) / SmCount();
+  if (a.x_group_rows > 0) {
+    // A block's rows all read one half of x: its share, rounded up to a divisor of the group.
+    if (a.x_f32 == nullptr) return false;
+    while (a.x_group_rows % p->per_block != 0) ++p->per_block;
+  }
   // Lane j of a warp holds the residual of its j-th row: at most 32 rows a warp.
   if (p->per_block > 32 * kStagedWarps) return false;
   p->pitch = StagedPitch(a.in_dim);
   const int64_t weight_bytes = static_cast<int64_t>(p->per_block) * (swiglu ? 2 : 1) * p->pitch * 2;
   if (weight_bytes > kStagedMaxWeightBytes) return false;
   *blocks = (a.out_dim + p->per_block - 1) / p->per_block;
-  *smem = kStagedHeader + StagedXsBytes(a.in_dim) + static_cast<size_t>(weight_bytes);
+  *smem = kStagedHeader + StagedXsBytes(a.in_dim, a.fp32_input) + static_cast<size_t>(weight_bytes);
   return true;
 }
 
-template <bool kNorm, bool kSwiGlu, bool kMma>
+template <bool kNorm, bool kSwiGlu, bool kMma, bool kXF32 = false>
 static void LaunchStaged(const StagedParams& p, int blocks, size_t smem, cudaStream_t stream) {
   static const bool configured = [] {
-    cudaFuncSetAttribute(GemvStagedKernel<kNorm, kSwiGlu, kMma>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         kStagedHeader + StagedXsBytes(kStagedThreads * 4 * kStagedMaxF4) + kStagedMaxWeightBytes);
+    cudaFuncSetAttribute(GemvStagedKernel<kNorm, kSwiGlu, kMma, kXF32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         kStagedHeader + StagedXsBytes(kStagedThreads * 4 * kStagedMaxF4, kXF32) + kStagedMaxWeightBytes);
     return true;
   }();
   (void)configured;
-  LaunchKernel(GemvStagedKernel<kNorm, kSwiGlu, kMma>, dim3(blocks), dim3(kStagedThreads), smem, stream, p);
+  LaunchKernel(GemvStagedKernel<kNorm, kSwiGlu, kMma, kXF32>, dim3(blocks), dim3(kStagedThreads), smem, stream, p);
 }
 
 template <bool kNorm, bool kSwiGlu>
@@ -570,7 +529,9 @@ static bool TryLaunchStaged(const GemvArgs& a, cudaStream_t stream) {
   if (!StagedShape(a, &p, &blocks, &smem)) return false;
   p.trace = GemvTraceEnabled();
   const bool norm = a.x_f32 != nullptr, swiglu = a.output == GemvOutput::kSwiGlu;
-  if (norm) {
+  if (a.fp32_input) {
+    LaunchStaged<true, false, false, true>(p, blocks, smem, stream);
+  } else if (norm) {
     swiglu ? LaunchStaged<true, true>(p, blocks, smem, stream) : LaunchStaged<true, false>(p, blocks, smem, stream);
   } else {
     swiglu ? LaunchStaged<false, true>(p, blocks, smem, stream) : LaunchStaged<false, false>(p, blocks, smem, stream);
@@ -617,6 +578,10 @@ static void LaunchForTokens(const GemvArgs& a, cudaStream_t stream) {
 int GemvMaxTokens() {
   static const int limit = std::clamp(EnvInt("UM_CUDA_GEMV_MAX_TOKENS", kPreferredGemvTokens), 0, kMaxGemvTokens);
   return limit;
+}
+
+bool LaunchGemvStaged(const GemvArgs& a, cudaStream_t stream) {
+  return a.tokens == 1 && TryLaunchStaged(a, stream);
 }
 
 void LaunchGemv(const GemvArgs& a, cudaStream_t stream) {

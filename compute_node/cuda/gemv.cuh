@@ -54,12 +54,21 @@ struct GemvArgs {
   GemvOutput output = GemvOutput::kStore;
   float* y = nullptr;
   __nv_bfloat16* act = nullptr;
+  // The staged variant only (LaunchGemvStaged): x stays fp32 after the norm (products whose
+  // consumers must match fp32 sums: the memory key scores, whose top-m flips on bf16 rounding),
+  // and, with x_group_rows > 0, output rows alternate between x's two halves in groups of that
+  // many rows (row r reads x_f32[(r / x_group_rows) % 2 · in_dim ..]: a memory layer's row and
+  // column key scores against the two normalized query halves).
+  bool fp32_input = false;
+  int x_group_rows = 0;
   // May take the staged variant (when it fits and UM_CUDA_GEMV_STAGED is not 0); tests clear it to check
   // the register variant on the same shapes.
   bool staged = true;
 };
 
 void LaunchGemv(const GemvArgs& args, cudaStream_t stream);
+// The staged variant alone (one token): false, and nothing launched, where it does not fit.
+bool LaunchGemvStaged(const GemvArgs& args, cudaStream_t stream);
 
 // The staged GEMV's timeline, for UM_CUDA_GEMV_TRACE=1 (read once): block 0 of every launch
 // records when it started (before its PDL wait), the cycles to the wait's return, from there to

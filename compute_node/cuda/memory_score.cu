@@ -4,12 +4,13 @@
 
 #include <cstdint>
 
+#include "compute_node/cuda/gemv.cuh"
 #include "compute_node/cuda/launch.cuh"
 
 namespace ultramem::cuda {
 
 static __global__ void QueryNormKernel(const float* q, const float* weight, int tokens, int key_dim,
-                                       float eps, float* qn) {
+                                       float eps, float* qn, __nv_bfloat16* parts) {
   GridDependencyWait();
   AllowDependents();
   const int t = blockIdx.x, side = blockIdx.y;
@@ -24,7 +25,19 @@ static __global__ void QueryNormKernel(const float* q, const float* weight, int 
   for (int k = 0; k < (blockDim.x + 31) / 32; ++k) total += partial[k];
   const float scale = rsqrtf(total / static_cast<float>(key_dim) + eps);
   float* out = qn + (static_cast<int64_t>(side) * tokens + t) * key_dim;
-  for (int d = threadIdx.x; d < key_dim; d += blockDim.x) out[d] = in[d] * scale * weight[d];
+  __nv_bfloat16* split = parts + (static_cast<int64_t>(side) * tokens + t) * 3 * key_dim;
+  for (int d = threadIdx.x; d < key_dim; d += blockDim.x) {
+    const float v = in[d] * scale * weight[d];
+    out[d] = v;
+    if (parts != nullptr) {
+      const __nv_bfloat16 hi = __float2bfloat16(v);
+      const float r1 = v - __bfloat162float(hi);
+      const __nv_bfloat16 mid = __float2bfloat16(r1);
+      split[d] = hi;
+      split[key_dim + d] = mid;
+      split[2 * key_dim + d] = __float2bfloat16(r1 - __bfloat162float(mid));
+    }
+  }
 }
 
 static constexpr int kRows = 64, kToks = 16, kDk = 64, kThreads = 256;
@@ -127,10 +140,32 @@ static __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+void LaunchQueryKeyScores(const float* q, const float* weight, float eps, const __nv_bfloat16* keys_hat,
+                          int tokens, int heads, int key_rows, int key_dim, float* qn, float* scores,
+                          cudaStream_t stream) {
+  static const bool staged = EnvInt("UM_CUDA_KEYSCORE_STAGED", 1) != 0;
+  if (tokens == 1 && staged) {
+    GemvArgs a;
+    a.tokens = 1;
+    a.out_dim = heads * 2 * key_rows;  // scores [H][2][1][key_rows]: the key rows in order
+    a.in_dim = key_dim;
+    a.w = keys_hat;
+    a.x_f32 = q;  // [2·Dk]: the row half, then the column half
+    a.norm_weight = weight;
+    a.eps = eps;
+    a.fp32_input = true;
+    a.x_group_rows = key_rows;
+    a.y = scores;
+    if (LaunchGemvStaged(a, stream)) return;
+  }
+  LaunchQueryNorm(q, weight, tokens, key_dim, eps, qn, stream);
+  LaunchKeyScores(qn, keys_hat, tokens, heads, key_rows, key_dim, scores, stream);
+}
+
 void LaunchQueryNorm(const float* q, const float* weight, int tokens, int key_dim, float eps,
-                     float* qn, cudaStream_t stream) {
+                     float* qn, cudaStream_t stream, __nv_bfloat16* parts) {
   if (tokens == 0) return;
-  LaunchKernel(QueryNormKernel, dim3(tokens, 2), dim3(128), 0, stream, q, weight, tokens, key_dim, eps, qn);
+  LaunchKernel(QueryNormKernel, dim3(tokens, 2), dim3(128), 0, stream, q, weight, tokens, key_dim, eps, qn, parts);
 }
 
 void LaunchKeyScores(const float* qn, const __nv_bfloat16* keys_hat, int tokens, int heads,

@@ -111,13 +111,22 @@ static __device__ void BlockTopM(const uint32_t* keys, int n, int m, int* out, i
     Sync(bar, nthreads);
   }
   Sync(bar, nthreads);
+  // Rank the m candidates among themselves. Their keys first into the free histogram (m <= 256),
+  // so that the O(m) loop below reads two independent arrays instead of a key through an index.
+  uint32_t* ck = reinterpret_cast<uint32_t*>(hist);
+  const bool packed = m <= 256;
+  if (packed) {
+    for (int c = tid; c < m; c += nthreads) ck[c] = keys[cand[c]];
+    Sync(bar, nthreads);
+  }
   for (int c = tid; c < m; c += nthreads) {
     const int i = cand[c];
-    const uint32_t k = keys[i];
+    const uint32_t k = packed ? ck[c] : keys[i];
     int rank = 0;
+#pragma unroll 8
     for (int e = 0; e < m; ++e) {
       const int j = cand[e];
-      const uint32_t kj = keys[j];
+      const uint32_t kj = packed ? ck[e] : keys[j];
       rank += (kj > k) || (kj == k && j < i);
     }
     out[rank] = i;
@@ -146,17 +155,22 @@ static __global__ void __launch_bounds__(kThreads)
   int* scratch = cand + m;                      // [256 + 8]
   int* cand2 = scratch + 256 + 8;               // [m]     the column selection's own
   int* scratch2 = cand2 + m;                    // [256 + 8]
+  float* sv_row = reinterpret_cast<float*>(scratch2 + 256 + 8);  // [n·r] the row scores, then
+  float* sv_col = sv_row + nr;                                   // [n·r] the column scores
 
   const float* s_row = scores + ((static_cast<int64_t>(h) * 2 + 0) * s.tokens + t) * nr;
   const float* s_col = scores + ((static_cast<int64_t>(h) * 2 + 1) * s.tokens + t) * nr;
   const float* cu = core_u + h * r;
   const float* cv = core_v + h * r;
-  // Step 5: rank-1 proxies.
+  // Step 5: rank-1 proxies; the scores stay in shared memory for step 7.
   for (int i = threadIdx.x; i < n; i += kThreads) {
     float pr = 0.0f, pc = 0.0f;
     for (int a = 0; a < r; ++a) {
-      pr += s_row[static_cast<int64_t>(i) * r + a] * cu[a];
-      pc += s_col[static_cast<int64_t>(i) * r + a] * cv[a];
+      const float vr = s_row[static_cast<int64_t>(i) * r + a], vc = s_col[static_cast<int64_t>(i) * r + a];
+      sv_row[i * r + a] = vr;
+      sv_col[i * r + a] = vc;
+      pr += vr * cu[a];
+      pc += vc * cv[a];
     }
     key_row[i] = OrderKey(pr);
     key_col[i] = OrderKey(pc);
@@ -173,8 +187,8 @@ static __global__ void __launch_bounds__(kThreads)
   // Step 7: G_c[x, y] = S_row[I_row[x]] · core_c · S_col[I_col[y]]ᵀ, G = Σ_c G_c.
   for (int e = threadIdx.x; e < mm; e += kThreads) {
     const int x = e / m, y = e - x * m;
-    const float* sr = s_row + static_cast<int64_t>(i_row[x]) * r;
-    const float* sc = s_col + static_cast<int64_t>(i_col[y]) * r;
+    const float* sr = sv_row + i_row[x] * r;
+    const float* sc = sv_col + i_col[y] * r;
     float g = 0.0f;
     for (int c = 0; c < hc; ++c) {
       const float* core = cores + (static_cast<int64_t>(h) * hc + c) * r * r;
@@ -212,7 +226,8 @@ void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* 
   if (shape.tokens == 0) return;
   const int m = shape.topk, mm = m * m;
   const size_t smem = sizeof(uint32_t) * (2 * shape.num_keys + mm) +
-                      sizeof(float) * shape.cores * mm + sizeof(int) * (5 * m + 2 * (256 + 8));
+                      sizeof(float) * shape.cores * mm + sizeof(int) * (5 * m + 2 * (256 + 8)) +
+                      sizeof(float) * 2 * shape.num_keys * shape.rank;
   if (smem > 48 * 1024) {
     cudaFuncSetAttribute(MemoryTopMKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          static_cast<int>(smem));

@@ -51,6 +51,23 @@ __device__ __forceinline__ float Dot8(const uint4& a, const uint4& b) {
   return s;
 }
 
+// The same with fp32 x: eight bf16 weights against x[0..3], x[4..7].
+__device__ __forceinline__ float Dot8F32(const uint4& w, const float4& xa, const float4& xb) {
+  const __nv_bfloat162* pw = reinterpret_cast<const __nv_bfloat162*>(&w);
+  const float2 w0 = __bfloat1622float2(pw[0]), w1 = __bfloat1622float2(pw[1]);
+  const float2 w2 = __bfloat1622float2(pw[2]), w3 = __bfloat1622float2(pw[3]);
+  float s = 0.0f;
+  s = fmaf(w0.x, xa.x, s);
+  s = fmaf(w0.y, xa.y, s);
+  s = fmaf(w1.x, xa.z, s);
+  s = fmaf(w1.y, xa.w, s);
+  s = fmaf(w2.x, xb.x, s);
+  s = fmaf(w2.y, xb.y, s);
+  s = fmaf(w3.x, xb.z, s);
+  s = fmaf(w3.y, xb.w, s);
+  return s;
+}
+
 // c[16x8] += a[16x16] · b[16x8] (bf16 operands, fp32 accumulators) in mma.sync's register layout:
 // lane (g = lane / 4, q = lane % 4) holds a = {(g, 2q..2q+1), (g + 8, 2q..), (g, 2q + 8..),
 // (g + 8, 2q + 8..)}, b = {(2q..2q+1, g), (2q + 8.., g)}, c = {(g, 2q), (g, 2q + 1), (g + 8, 2q),
