@@ -269,6 +269,10 @@ bool LaunchAttentionStaged(float* qkv, const TokenKv* kv, const float2* rope, in
   // (H200, 2026-11-28, decode step with 4 kv heads: 16 tokens 653 against 632 us; 32 tokens 682
   // against 749; 64 tokens 828 against 910; 256 tokens 1564 against 1818).
   if (mode == 1 && 2 * static_cast<int64_t>(tokens) * num_kv_heads < SmCount()) return false;
+  // One split where the (token, kv head) pairs alone give every multiprocessor a block: the merge
+  // then costs more than the parallelism it buys (H200, 2026-12-04, graph us: batch 64, 256 pairs,
+  // 782 with 2 splits against 742 with 1; batch 32, 128 pairs, 647 with 3 against 658 with 2).
+  if (static_cast<int64_t>(tokens) * num_kv_heads >= SmCount()) splits = 1;
   const AttentionItemArgs a{qkv, kv, rope, num_heads, num_kv_heads, layer, splits, scratch, counters, out};
   return DispatchHeadDimAndGroup<64, 128>(head_dim, num_heads / num_kv_heads, [&](auto hd, auto g) {
     LaunchT<decltype(hd)::value, decltype(g)::value>(a, tokens, stream);
