@@ -15,7 +15,8 @@
 // shared memory (at most 96 KB a block) take the staged variant instead: each block bulk-copies
 // its whole weight slice into shared memory and lets the next kernel launch before it waits, so
 // the weights of the next products stream in while this one waits for its input
-// (UM_CUDA_GEMV_STAGED=0 turns it off).
+// (UM_CUDA_GEMV_STAGED=0 turns it off). Its gate/up products run on the tensor cores
+// (UM_CUDA_GEMV_MMA), the others on CUDA cores, which measured faster for them.
 #pragma once
 
 #include <cuda_bf16.h>
