@@ -292,13 +292,11 @@ absl::Status CudaEngine::EnqueueMemoryQuery(int j, int T, cudaStream_t stream,
                       sgemm ? nullptr : d.q_parts.get());
     }
     Mark("mem.query_norm", stream);
-    if (Ablated("mem.key_scores")) {
-    } else if (sgemm) {
-      UM_RETURN_IF_ERROR(KeyScoresGemm(blas, d.qn.get(), d.keys_f32.get(), T, mc.heads, key_rows,
-                                       mc.key_dim, d.scores.get()));
-    } else {
-      UM_RETURN_IF_ERROR(KeyScoresGemmSplit(blas, d.q_parts.get(), d.keys3.get(), T, mc.heads, key_rows,
-                                            mc.key_dim, d.scores.get()));
+    if (!Ablated("mem.key_scores")) {
+      UM_RETURN_IF_ERROR(sgemm ? KeyScoresGemm(blas, d.qn.get(), d.keys_f32.get(), T, mc.heads, key_rows,
+                                               mc.key_dim, d.scores.get())
+                               : KeyScoresGemmSplit(blas, d.q_parts.get(), d.keys3.get(), T, mc.heads,
+                                                    key_rows, mc.key_dim, d.scores.get()));
     }
   }
   Mark("mem.key_scores", stream);
@@ -358,7 +356,9 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
       LaunchRmsNorm(x_.get(), bw.attn_norm.get(), T, D, cfg_.rms_norm_eps, nullptr, xn_.get(),
                     nullptr, main_);
       Mark("attn_norm", main_);
-      UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, xn_.get(), T, bw.wqkv.get(), qkv_width, D, qkv_.get(), false));
+      if (!Ablated("qkv")) {
+        UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, xn_.get(), T, bw.wqkv.get(), qkv_width, D, qkv_.get(), false));
+      }
     }
     Mark("qkv", main_);
     if (!decode) LaunchRopeAndCache(qkv_.get(), kv_.get(), rope_.get(), T, nh, nkv, hd, b, main_);
@@ -401,9 +401,11 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
         gu.x = xn_.get();
         gu.output = GemvOutput::kSwiGlu;
         gu.act = act_.get();
-        LaunchGemmMma(gu, main_);
+        if (!Ablated("gate_up")) LaunchGemmMma(gu, main_);
       } else {
-        UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, xn_.get(), T, bw.w_gate_up.get(), 2 * F, D, gate_up_.get(), false));
+        if (!Ablated("gate_up")) {
+          UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, xn_.get(), T, bw.w_gate_up.get(), 2 * F, D, gate_up_.get(), false));
+        }
         Mark("gate_up", main_);
         LaunchSwiGlu(gate_up_.get(), T, F, act_.get(), main_);
         Mark("swiglu", main_);
@@ -522,7 +524,9 @@ absl::Status CudaEngine::EnqueueLogits(int R) {
   LaunchRmsNorm(x_.get(), final_norm_.get(), R, D, cfg_.rms_norm_eps, out_rows_.get(),
                 final_xn_.get(), nullptr, main_);
   CUDA_CHECK(cudaGetLastError());
-  UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, final_xn_.get(), R, head, cfg_.vocab_size, D, logits_.get(), false));
+  if (!Ablated("lm_head")) {
+    UM_RETURN_IF_ERROR(MatMulBf16(blas_main_, main_, final_xn_.get(), R, head, cfg_.vocab_size, D, logits_.get(), false));
+  }
   Mark("lm_head", main_);
   return absl::OkStatus();
 }

@@ -147,7 +147,8 @@ class CudaEngine : public Engine {
   // UM_CUDA_ABLATE=op,op,... (read once; a timing experiment, the outputs are then wrong): the
   // named ops are left out of every step, so the step time without them shows what they add to
   // the critical path. Names as in the op profile (qkv, attention, wo, gate_up, down,
-  // values_proj, lm_head, mem.query_proj, mem.query_norm, mem.key_scores, mem.top_m, mem.pool),
+  // values_proj, lm_head, mem.query_proj, mem.query_norm, mem.key_scores, mem.top_m, mem.pool;
+  // qkv, gate_up and lm_head are the products alone where a norm or SwiGLU kernel stands apart),
   // or "memory" for each memory layer's whole fork, join and values_proj; mem.top_m also leaves
   // out mem.pool (it would read unset rows).
   static bool Ablated(const char* op);
