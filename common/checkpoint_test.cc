@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/checkpoint_writer.h"
+#include "common/testing/test_model_config.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -26,28 +27,18 @@ using Json = nlohmann::json;
 // V=260 D=16 L=3, GQA 2/1 heads of 8, F=24; two memory layers with knum=4 (N=16), E=4 (n=8,
 // E·N=64), Dk=8, Dv=8, H=2, m=3, r=2, h=2.
 ModelConfig SmallConfig() {
-  ModelConfig c;
-  c.model_type = "ultramem";
-  c.vocab_size = 260;
-  c.hidden_size = 16;
-  c.num_layers = 3;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 1;
-  c.head_dim = 8;
-  c.intermediate_size = 24;
-  MemoryConfig m;
-  m.layers = {{0, 1}, {1, 2}};
-  m.knum = 4;
-  m.value_expand = 4;
-  m.key_dim = 8;
-  m.value_dim = 8;
-  m.heads = 2;
-  m.topk = 3;
-  m.tucker_rank = 2;
-  m.tucker_cores = 2;
-  c.memory = m;
-  c.tokenizer.special_tokens = {{"<|bos|>", 256}, {"<|eos|>", 257}};
-  return c;
+  return testing::TestModelConfig({.vocab_size = 260,
+                                   .hidden_size = 16,
+                                   .num_layers = 3,
+                                   .heads = 2,
+                                   .kv_heads = 1,
+                                   .head_dim = 8,
+                                   .intermediate_size = 24,
+                                   .memory_layers = {{0, 1}, {1, 2}},
+                                   .knum = 4,
+                                   .key_dim = 8,
+                                   .value_dim = 8,
+                                   .topk = 3});
 }
 
 std::string ReadAll(const std::string& path) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/checkpoint_writer.h"
+#include "common/testing/test_model_config.h"
 #include "compute_node/cpu/memory_select.h"
 #include "compute_node/engine.h"
 #include "compute_node/model_runtime.h"
@@ -20,29 +21,7 @@ namespace ultramem {
 namespace {
 
 ModelConfig SmallConfig() {
-  ModelConfig c;
-  c.model_type = "ultramem";
-  c.vocab_size = 300;
-  c.hidden_size = 64;
-  c.num_layers = 4;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 16;
-  c.intermediate_size = 96;
-  c.max_position_embeddings = 64;
-  MemoryConfig m;
-  m.layers = {{0, 2}, {1, 1}, {2, 3}};
-  m.knum = 8;
-  m.value_expand = 4;
-  m.key_dim = 16;
-  m.value_dim = 24;
-  m.heads = 2;
-  m.topk = 4;
-  m.tucker_rank = 2;
-  m.tucker_cores = 2;
-  c.memory = m;
-  c.tokenizer.special_tokens = {{"<|bos|>", 256}, {"<|eos|>", 257}};
-  return c;
+  return testing::TestModelConfig({.num_layers = 4, .max_positions = 64, .memory_layers = {{0, 2}, {1, 1}, {2, 3}}});
 }
 
 class EngineTest : public ::testing::Test {

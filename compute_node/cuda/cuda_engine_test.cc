@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/checkpoint_writer.h"
+#include "common/testing/test_model_config.h"
 #include "compute_node/cuda/cuda_engine.h"
 #include "compute_node/engine.h"
 #include "compute_node/in_process_pooler.h"
@@ -33,29 +34,19 @@ bool NoGpu(std::string* why) {
 }
 
 ModelConfig TestConfig() {
-  ModelConfig c;
-  c.model_type = "ultramem";
-  c.vocab_size = 512;
-  c.hidden_size = 256;
-  c.num_layers = 5;
-  c.num_attention_heads = 8;
-  c.num_key_value_heads = 2;
-  c.head_dim = 32;
-  c.intermediate_size = 512;
-  c.max_position_embeddings = 512;
-  MemoryConfig m;
-  m.layers = {{0, 2}, {1, 1}, {2, 4}, {3, 4}};
-  m.knum = 32;
-  m.value_expand = 4;
-  m.key_dim = 64;
-  m.value_dim = 96;
-  m.heads = 2;
-  m.topk = 8;
-  m.tucker_rank = 2;
-  m.tucker_cores = 2;
-  c.memory = m;
-  c.tokenizer.special_tokens = {{"<|bos|>", 256}, {"<|eos|>", 257}};
-  return c;
+  return testing::TestModelConfig({.vocab_size = 512,
+                                   .hidden_size = 256,
+                                   .num_layers = 5,
+                                   .heads = 8,
+                                   .kv_heads = 2,
+                                   .head_dim = 32,
+                                   .intermediate_size = 512,
+                                   .max_positions = 512,
+                                   .memory_layers = {{0, 2}, {1, 1}, {2, 4}, {3, 4}},
+                                   .knum = 32,
+                                   .key_dim = 64,
+                                   .value_dim = 96,
+                                   .topk = 8});
 }
 
 class CudaEngineTest : public ::testing::Test {
