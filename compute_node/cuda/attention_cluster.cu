@@ -223,12 +223,6 @@ __global__ void __launch_bounds__(kThreads) AttentionClusterKernel(ClusterArgs a
 template <int kHD, int kG, int kTileP>
 void LaunchT(const ClusterArgs& a, int tokens, cudaStream_t stream) {
   const size_t smem = sizeof(ClusterSmem<kHD, kG, kTileP>);
-  static const bool configured = [smem] {
-    cudaFuncSetAttribute(AttentionClusterKernel<kHD, kG, kTileP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         static_cast<int>(smem));
-    return true;
-  }();
-  (void)configured;
   LaunchKernelIn(kSplits, AttentionClusterKernel<kHD, kG, kTileP>, dim3(kSplits, a.num_kv_heads, tokens),
                  dim3(kThreads), smem, stream, a);
 }

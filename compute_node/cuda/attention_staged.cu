@@ -227,12 +227,6 @@ __global__ void __launch_bounds__(kThreads) AttentionStagedKernel(AttentionItemA
 template <int kHD, int kG, int S>
 void LaunchS(const AttentionItemArgs& a, int tokens, cudaStream_t stream) {
   const size_t smem = sizeof(StagedSmem<kHD, kG, S>);
-  static const bool configured = [smem] {
-    cudaFuncSetAttribute(AttentionStagedKernel<kHD, kG, S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         static_cast<int>(smem));
-    return true;
-  }();
-  (void)configured;
   LaunchKernel(AttentionStagedKernel<kHD, kG, S>, dim3(tokens, a.num_kv_heads, a.splits), dim3(kThreads), smem,
                stream, a);
 }

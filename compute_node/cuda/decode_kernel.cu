@@ -429,11 +429,7 @@ size_t SmemBytes(int tokens, int head_dim, int group, int max_in_dim) {
 
 template <int kT>
 void Launch(const DecodeKernelArgs& a, size_t smem, cudaStream_t stream) {
-  static size_t configured = 0;  // the largest dynamic size allowed so far for this instantiation
-  if (smem > configured) {
-    cudaFuncSetAttribute(DecodeKernel<kT>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    configured = smem;
-  }
+  AllowDynamicSmem(reinterpret_cast<const void*>(DecodeKernel<kT>), smem);
   DecodeKernel<kT><<<a.grid, kThreads, smem, stream>>>(a);
 }
 

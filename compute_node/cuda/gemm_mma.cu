@@ -131,16 +131,8 @@ static void LaunchNT(const GemvArgs& a, cudaStream_t stream) {
   const bool swiglu = a.output == GemvOutput::kSwiGlu;
   const size_t smem = sizeof(float) * kWarps * (swiglu ? 2 : 1) * kRows * kNT * 8;
   if (swiglu) {
-    if (smem > 48 * 1024) {
-      cudaFuncSetAttribute(GemmMmaKernel<kNT, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem));
-    }
     LaunchKernel(GemmMmaKernel<kNT, true>, dim3(blocks), dim3(kThreads), smem, stream, a);
   } else {
-    if (smem > 48 * 1024) {
-      cudaFuncSetAttribute(GemmMmaKernel<kNT, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem));
-    }
     LaunchKernel(GemmMmaKernel<kNT, false>, dim3(blocks), dim3(kThreads), smem, stream, a);
   }
 }

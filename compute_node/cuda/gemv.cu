@@ -480,12 +480,6 @@ static bool StagedShape(const GemvArgs& a, StagedParams* p, int* blocks, size_t*
 
 template <bool kNorm, bool kSwiGlu, bool kMma, bool kXF32 = false>
 static void LaunchStaged(const StagedParams& p, int blocks, size_t smem, cudaStream_t stream) {
-  static const bool configured = [] {
-    cudaFuncSetAttribute(GemvStagedKernel<kNorm, kSwiGlu, kMma, kXF32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         kStagedHeader + StagedXsBytes(kStagedThreads * 4 * kStagedMaxF4, kXF32) + kStagedMaxWeightBytes);
-    return true;
-  }();
-  (void)configured;
   LaunchKernel(GemvStagedKernel<kNorm, kSwiGlu, kMma, kXF32>, dim3(blocks), dim3(kStagedThreads), smem, stream, p);
 }
 
@@ -550,13 +544,7 @@ static void LaunchT(const GemvArgs& a, cudaStream_t stream) {
   }
   const int blocks = std::max(1, std::min((p.units + kWarps - 1) / kWarps, SmCount() * kBlocksPerSm));
   size_t smem = 0;
-  if (kNorm) {
-    smem = static_cast<size_t>(kT) * a.in_dim * sizeof(__nv_bfloat16);
-    if (smem > 48 * 1024) {
-      cudaFuncSetAttribute(GemvKernel<kT, kNorm, kRows>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem));
-    }
-  }
+  if (kNorm) smem = static_cast<size_t>(kT) * a.in_dim * sizeof(__nv_bfloat16);
   LaunchKernel(GemvKernel<kT, kNorm, kRows>, dim3(blocks), dim3(kThreads), smem, stream, p);
 }
 

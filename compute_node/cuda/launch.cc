@@ -3,6 +3,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 
 namespace ultramem::cuda {
 
@@ -26,6 +28,21 @@ ScopedPdl::ScopedPdl(bool enable) : saved_(pdl_on_this_thread) { pdl_on_this_thr
 ScopedPdl::~ScopedPdl() { pdl_on_this_thread = saved_; }
 
 bool PdlActive() { return pdl_on_this_thread && PdlEnabled(); }
+
+void AllowDynamicSmem(const void* kernel, size_t bytes) {
+  constexpr size_t kDefaultLimit = 48 * 1024;
+  if (bytes <= kDefaultLimit) return;
+  static std::mutex mu;
+  static auto* allowed = new std::unordered_map<const void*, size_t>();  // never destroyed
+  std::lock_guard<std::mutex> lock(mu);
+  size_t& have = (*allowed)[kernel];
+  if (bytes <= have) return;
+  // On failure the launch that follows fails too, and reports it.
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)) ==
+      cudaSuccess) {
+    have = bytes;
+  }
+}
 
 int EnvInt(const char* name, int fallback) {
   const char* v = std::getenv(name);

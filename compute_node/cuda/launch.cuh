@@ -63,12 +63,19 @@ __device__ __forceinline__ void PrefetchL2(const void* p, int bytes) {
 #endif
 }
 
+// Lets `kernel` take `bytes` of dynamic shared memory where that is above the default 48 KB:
+// raises its limit the first time a launch needs more (thread-safe; the largest size set so far
+// is remembered per kernel). LaunchKernel calls it; kernels launched with <<<>>> call it first.
+void AllowDynamicSmem(const void* kernel, size_t bytes);
+
 // kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute when enabled, in
 // thread-block clusters of `cluster_x` blocks along x when that is above 0 (grid.x a multiple of
-// it). Errors surface through cudaGetLastError() as for <<<>>>.
+// it), past 48 KB of dynamic shared memory where `smem` asks for it. Errors surface through
+// cudaGetLastError() as for <<<>>>.
 template <typename... Params, typename... Args>
 void LaunchKernelIn(int cluster_x, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                     cudaStream_t stream, Args&&... args) {
+  AllowDynamicSmem(reinterpret_cast<const void*>(kernel), smem);
   cudaLaunchAttribute attr[2];
   int n = 0;
   if (cluster_x > 0) {

@@ -228,10 +228,6 @@ void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* 
   const size_t smem = sizeof(uint32_t) * (2 * shape.num_keys + mm) +
                       sizeof(float) * shape.cores * mm + sizeof(int) * (5 * m + 2 * (256 + 8)) +
                       sizeof(float) * 2 * shape.num_keys * shape.rank;
-  if (smem > 48 * 1024) {
-    cudaFuncSetAttribute(MemoryTopMKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         static_cast<int>(smem));
-  }
   LaunchKernel(MemoryTopMKernel, dim3(shape.tokens, shape.heads), dim3(kThreads), smem, stream,
                shape, scores, cores, core_u, core_v, shuffle, rows, groups, scores_out, t_index);
 }

@@ -130,10 +130,6 @@ void LaunchDevicePool(const __nv_bfloat16* values, const int64_t* rows, const in
     return;
   }
   const size_t smem = sizeof(float) * expand * value_dim;
-  if (smem > 48 * 1024) {
-    cudaFuncSetAttribute(DevicePoolKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         static_cast<int>(smem));
-  }
   LaunchKernel(DevicePoolKernel, dim3(tokens), dim3(kThreads), smem, stream, values, rows, groups,
                scores, selections, expand, value_dim, cores, y);
 }
