@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -554,10 +555,6 @@ void RunSelect(const SelectCase& c) {
   ASSERT_OK(rows.Reserve(T * K));
   ASSERT_OK(tix.Reserve(T * K));
   ASSERT_OK(groups.Reserve(T * K));
-  Poison(rows);
-  Poison(tix);
-  Poison(groups);
-  Poison(sc);
   cublasHandle_t blas;
   ASSERT_EQ(cublasCreate(&blas), CUBLAS_STATUS_SUCCESS);
   ASSERT_OK(GemmBf16(blas, du.get(), T, dqp.get(), 2 * c.key_dim, D, q.get(), false));
@@ -577,31 +574,51 @@ void RunSelect(const SelectCase& c) {
     const auto split = Down(S, S.size()), sgemm = Down(S32, S.size());
     EXPECT_LE(RelErr(split, sgemm), 1e-5) << "split bf16 key scores against SGEMM";
   }
-  TopMShape shape{T, H, static_cast<int>(n), r, h, m, mc.NumRows()};
-  LaunchMemoryTopM(shape, S.get(), dcores.get(), dcu.get(), dcv.get(), dshuffle.get(), rows.get(),
-                   groups.get(), sc.get(), tix.get(), nullptr);
-  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
-  auto g_rows = Down(rows, T * K), g_tix = Down(tix, T * K);
-  auto g_groups = Down(groups, T * K);
-  auto g_sc = Down(sc, T * K * h);
   cublasDestroy(blas);
-
-  int same = 0;
-  std::vector<float> sc_want, sc_got;
-  for (int t = 0; t < T; ++t) {
-    bool eq = true;
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t s = t * K + k;
-      eq = eq && g_tix[s] == want.t_index[s] && g_rows[s] == want.rows[s] && g_groups[s] == want.groups[s];
+  // The top-m with four radix digits, then with two and the threshold bin ranked directly: both
+  // exact, so they must agree to the bit.
+  TopMShape shape{T, H, static_cast<int>(n), r, h, m, mc.NumRows()};
+  std::vector<int64_t> first_tix;
+  std::vector<float> first_sc;
+  for (int two_pass : {0, 1}) {
+    SCOPED_TRACE(two_pass ? "two-digit top-m" : "four-digit top-m");
+    SetTopMTwoPassForTesting(two_pass);
+    Poison(rows);
+    Poison(tix);
+    Poison(groups);
+    Poison(sc);
+    LaunchMemoryTopM(shape, S.get(), dcores.get(), dcu.get(), dcv.get(), dshuffle.get(), rows.get(),
+                     groups.get(), sc.get(), tix.get(), nullptr);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    auto g_rows = Down(rows, T * K), g_tix = Down(tix, T * K);
+    auto g_groups = Down(groups, T * K);
+    auto g_sc = Down(sc, T * K * h);
+    if (two_pass) {
+      EXPECT_EQ(g_tix, first_tix);
+      EXPECT_EQ(0, std::memcmp(g_sc.data(), first_sc.data(), g_sc.size() * sizeof(float)));
+    } else {
+      first_tix = g_tix;
+      first_sc = g_sc;
     }
-    if (!eq) continue;
-    ++same;
-    sc_want.insert(sc_want.end(), want.scores.begin() + t * K * h, want.scores.begin() + (t + 1) * K * h);
-    sc_got.insert(sc_got.end(), g_sc.begin() + t * K * h, g_sc.begin() + (t + 1) * K * h);
+
+    int same = 0;
+    std::vector<float> sc_want, sc_got;
+    for (int t = 0; t < T; ++t) {
+      bool eq = true;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t s = t * K + k;
+        eq = eq && g_tix[s] == want.t_index[s] && g_rows[s] == want.rows[s] && g_groups[s] == want.groups[s];
+      }
+      if (!eq) continue;
+      ++same;
+      sc_want.insert(sc_want.end(), want.scores.begin() + t * K * h, want.scores.begin() + (t + 1) * K * h);
+      sc_got.insert(sc_got.end(), g_sc.begin() + t * K * h, g_sc.begin() + (t + 1) * K * h);
+    }
+    std::printf("selections equal on %d of %d tokens%s\n", same, T, two_pass ? " (two-digit top-m)" : "");
+    EXPECT_GE(same, 0.99 * T);
+    EXPECT_LE(RelErr(sc_got, sc_want), 1e-2);
   }
-  std::printf("selections equal on %d of %d tokens\n", same, T);
-  EXPECT_GE(same, 0.99 * T);
-  EXPECT_LE(RelErr(sc_got, sc_want), 1e-2);
+  SetTopMTwoPassForTesting(-1);
 }
 
 TEST(CudaOps, MemorySelectMatchesCpuBenchShape) {

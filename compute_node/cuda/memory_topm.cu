@@ -3,6 +3,7 @@
 // index ties, ranked by (value desc, index asc).
 #include "compute_node/cuda/memory_topm.cuh"
 
+#include <atomic>
 #include <cmath>
 
 #include "compute_node/cuda/launch.cuh"
@@ -32,14 +33,18 @@ static __device__ __forceinline__ void Sync(int bar, int nthreads) {
 // Writes the indices of the m largest keys[0..n) to out[0..m) in descending order (ties: lower
 // index first). scratch: 256 + 8 ints; cand: m ints. Called by `nthreads` threads (whole warps,
 // local ids tid = 0..nthreads-1) that share barrier `bar` (0: the whole block).
+// `two_pass` (UM_CUDA_TOPM_TWO_PASS=1, not yet measured on a GPU): after two digits, when the
+// threshold's bin holds at most 256 keys, those are ranked against each other directly instead
+// of two more radix passes and the tie scan.
 static __device__ void BlockTopM(const uint32_t* keys, int n, int m, int* out, int* scratch,
-                                 int* cand, int tid, int nthreads, int bar) {
+                                 int* cand, int tid, int nthreads, int bar, bool two_pass) {
   int* hist = scratch;       // [256]
-  int* sh = scratch + 256;   // [0] prefix, [1] remaining, [2] counter
+  int* sh = scratch + 256;   // [0] prefix, [1] remaining, [2] counter, [3] the chosen bin's size, [4] counter
   const int lane = tid & 31, warp = tid >> 5;
   const int n_round = (n + 31) & ~31;  // whole warps stay converged
   uint32_t prefix = 0, mask = 0;
   int remaining = m;
+  bool bin_ranked = false;
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = tid; b < 256; b += nthreads) hist[b] = 0;
     Sync(bar, nthreads);
@@ -73,6 +78,7 @@ static __device__ void BlockTopM(const uint32_t* keys, int n, int m, int* out, i
           if (cum + h >= remaining) {
             sh[0] = static_cast<int>(prefix | (static_cast<uint32_t>(digit) << shift));
             sh[1] = remaining - cum;
+            sh[3] = h;
             break;
           }
           cum += h;
@@ -82,33 +88,66 @@ static __device__ void BlockTopM(const uint32_t* keys, int n, int m, int* out, i
     Sync(bar, nthreads);
     prefix = static_cast<uint32_t>(sh[0]);
     remaining = sh[1];
+    const int bin = sh[3];
     mask |= 255u << shift;
     Sync(bar, nthreads);
-  }
-  // prefix is the m-th largest key; take every key above it and the `remaining` lowest-index ties.
-  const uint32_t thr = prefix;
-  const int above = m - remaining;
-  if (tid == 0) sh[2] = 0;
-  Sync(bar, nthreads);
-  for (int i = tid; i < n; i += nthreads) {
-    if (keys[i] > thr) cand[atomicAdd(&sh[2], 1)] = i;
-  }
-  int taken = 0;
-  for (int base = 0; base < n && taken < remaining; base += nthreads) {
-    const int i = base + tid;
-    const bool tie = i < n && keys[i] == thr;
-    const unsigned ballot = __ballot_sync(0xffffffffu, tie);
-    if (lane == 0) hist[warp] = __popc(ballot);
-    Sync(bar, nthreads);
-    int before = 0, total = 0;
-    for (int w = 0; w < nthreads / 32; ++w) {
-      if (w < warp) before += hist[w];
-      total += hist[w];
+    if (two_pass && shift == 16 && bin <= 256) {  // the same for every thread
+      bin_ranked = true;
+      break;
     }
-    const int rank = taken + before + __popc(ballot & ((1u << lane) - 1u));
-    if (tie && rank < remaining) cand[above + rank] = i;
-    taken += total;
+  }
+  const int above = m - remaining;
+  if (bin_ranked) {
+    // Two digits fixed: every key above the bin is taken, and the bin's keys (at most 256, their
+    // indices gathered into the free histogram) are ranked against each other for the rest.
+    if (tid == 0) sh[2] = sh[4] = 0;
     Sync(bar, nthreads);
+    for (int i = tid; i < n; i += nthreads) {
+      const uint32_t k = keys[i] & mask;
+      if (k > prefix) {
+        cand[atomicAdd(&sh[2], 1)] = i;
+      } else if (k == prefix) {
+        hist[atomicAdd(&sh[4], 1)] = i;
+      }
+    }
+    Sync(bar, nthreads);
+    const int c = sh[4];
+    for (int j = tid; j < c; j += nthreads) {
+      const int i = hist[j];
+      const uint32_t k = keys[i];
+      int rank = 0;
+      for (int e = 0; e < c; ++e) {
+        const int ie = hist[e];
+        const uint32_t ke = keys[ie];
+        rank += (ke > k) || (ke == k && ie < i);
+      }
+      if (rank < remaining) cand[above + rank] = i;
+    }
+  } else {
+    // prefix is the m-th largest key; take every key above it and the `remaining` lowest-index ties.
+    const uint32_t thr = prefix;
+    if (tid == 0) sh[2] = 0;
+    Sync(bar, nthreads);
+    for (int i = tid; i < n; i += nthreads) {
+      if (keys[i] > thr) cand[atomicAdd(&sh[2], 1)] = i;
+    }
+    int taken = 0;
+    for (int base = 0; base < n && taken < remaining; base += nthreads) {
+      const int i = base + tid;
+      const bool tie = i < n && keys[i] == thr;
+      const unsigned ballot = __ballot_sync(0xffffffffu, tie);
+      if (lane == 0) hist[warp] = __popc(ballot);
+      Sync(bar, nthreads);
+      int before = 0, total = 0;
+      for (int w = 0; w < nthreads / 32; ++w) {
+        if (w < warp) before += hist[w];
+        total += hist[w];
+      }
+      const int rank = taken + before + __popc(ballot & ((1u << lane) - 1u));
+      if (tie && rank < remaining) cand[above + rank] = i;
+      taken += total;
+      Sync(bar, nthreads);
+    }
   }
   Sync(bar, nthreads);
   // Rank the m candidates among themselves. Their keys first into the free histogram (m <= 256),
@@ -137,7 +176,7 @@ static __device__ void BlockTopM(const uint32_t* keys, int n, int m, int* out, i
 static __global__ void __launch_bounds__(kThreads)
     MemoryTopMKernel(TopMShape s, const float* scores, const float* cores, const float* core_u,
                      const float* core_v, const int64_t* shuffle, int64_t* rows, int32_t* groups,
-                     float* scores_out, int64_t* t_index) {
+                     float* scores_out, int64_t* t_index, bool two_pass) {
   GridDependencyWait();
   AllowDependents();
   const int t = blockIdx.x, h = blockIdx.y;
@@ -179,9 +218,9 @@ static __global__ void __launch_bounds__(kThreads)
   // Step 6: rows on the first half of the block, columns on the second, at the same time.
   constexpr int kHalf = kThreads / 2;
   if (threadIdx.x < kHalf) {
-    BlockTopM(key_row, n, m, i_row, scratch, cand, threadIdx.x, kHalf, 1);
+    BlockTopM(key_row, n, m, i_row, scratch, cand, threadIdx.x, kHalf, 1, two_pass);
   } else {
-    BlockTopM(key_col, n, m, i_col, scratch2, cand2, threadIdx.x - kHalf, kHalf, 2);
+    BlockTopM(key_col, n, m, i_col, scratch2, cand2, threadIdx.x - kHalf, kHalf, 2, two_pass);
   }
   __syncthreads();
   // Step 7: G_c[x, y] = S_row[I_row[x]] · core_c · S_col[I_col[y]]ᵀ, G = Σ_c G_c.
@@ -205,7 +244,7 @@ static __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   // Step 8, then step 9.
-  BlockTopM(key_g, mm, m, best, scratch, cand, threadIdx.x, kThreads, 0);
+  BlockTopM(key_g, mm, m, best, scratch, cand, threadIdx.x, kThreads, 0, two_pass);
   const int K = s.heads * m;
   for (int k = threadIdx.x; k < m; k += kThreads) {
     const int j = best[k];
@@ -219,6 +258,16 @@ static __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// UM_CUDA_TOPM_TWO_PASS=1 (read once, or a test's override): BlockTopM's two-digit variant.
+static std::atomic<int> two_pass_override{-1};
+static bool TopMTwoPass() {
+  static const bool from_env = EnvInt("UM_CUDA_TOPM_TWO_PASS", 0) != 0;
+  const int o = two_pass_override.load(std::memory_order_relaxed);
+  return o < 0 ? from_env : o != 0;
+}
+
+void SetTopMTwoPassForTesting(int enabled) { two_pass_override.store(enabled, std::memory_order_relaxed); }
+
 void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* cores,
                       const float* core_u, const float* core_v, const int64_t* shuffle,
                       int64_t* rows, int32_t* groups, float* scores_out, int64_t* t_index,
@@ -229,7 +278,7 @@ void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* 
                       sizeof(float) * shape.cores * mm + sizeof(int) * (5 * m + 2 * (256 + 8)) +
                       sizeof(float) * 2 * shape.num_keys * shape.rank;
   LaunchKernel(MemoryTopMKernel, dim3(shape.tokens, shape.heads), dim3(kThreads), smem, stream,
-               shape, scores, cores, core_u, core_v, shuffle, rows, groups, scores_out, t_index);
+               shape, scores, cores, core_u, core_v, shuffle, rows, groups, scores_out, t_index, TopMTwoPass());
 }
 
 }  // namespace ultramem::cuda
