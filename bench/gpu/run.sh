@@ -16,7 +16,8 @@
 # declared synthetic: no 4 GB checkpoint to write, but the PyTorch reference cannot read them),
 # NOPDL_BATCHES=1,64 (the bench again with programmatic dependent launch off; empty to skip),
 # DK_BATCHES=1,8 (again with the experimental persistent decode kernel, UM_CUDA_DECODE_KERNEL=1),
-# NCU_BATCHES="1 64". When the engine tests fail, they are retried with the tensor-core skinny
+# NCU_BATCHES="1 64", ABLATE_OPS="memory attention gate_up ..." (UM_CUDA_ABLATE names, batch 1).
+# When the engine tests fail, they are retried with the tensor-core skinny
 # kernel off (UM_CUDA_MMA=0), then PDL off too, and the bench runs as the passing retry did.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -74,6 +75,22 @@ fi
 if [[ -n $NOPDL_BATCHES ]]; then
   stamp "CUDA engine decode bench (PDL off)"
   UM_CUDA_PDL=0 timeout 100 "$BIN/ultramem-cuda-bench" --model "$CKPT" --batches "$NOPDL_BATCHES" --context 512 2>&1 | tee "$OUT/cuda_bench_nopdl.log" | grep -v JSON
+fi
+
+if [[ -n ${ABLATE_OPS:-} ]]; then
+  # What each op adds to a batch-1 step's critical path: the step again with it left out
+  # (UM_CUDA_ABLATE; the outputs are then wrong, the time is what counts), side by side.
+  stamp "batch-1 ablation (graph us; saved = full step - step without the op)"
+  ablate_bench() {
+    env "$@" timeout 60 "$BIN/ultramem-cuda-bench" --model "$CKPT" --batches 1 --context 512 --iters 30 \
+      --chain_kernels 0 2>&1 | awk '$1 == 1 && NF >= 8 {print $4}'
+  }
+  full=$(ablate_bench)
+  echo "full step: $full us"
+  for op in $ABLATE_OPS; do
+    t=$(ablate_bench UM_CUDA_ABLATE=$op)
+    awk -v op="$op" -v t="$t" -v f="$full" 'BEGIN {printf "  %-40s %8.1f us  saved %6.1f\n", op, t, f - t}'
+  done
 fi
 
 if [[ -z ${SKIP_NCU:-} ]]; then
