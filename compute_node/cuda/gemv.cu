@@ -2,6 +2,7 @@
 #include "compute_node/cuda/gemv.cuh"
 
 #include <algorithm>
+#include <atomic>
 
 #include "compute_node/cuda/bulk_copy.cuh"
 #include "compute_node/cuda/launch.cuh"
@@ -456,6 +457,17 @@ static __global__ void __launch_bounds__(kStagedThreads, kMma ? 4 : 0) GemvStage
 }
 
 // Units per block and blocks for the staged GEMV, or false when a block's slice would not fit.
+// UM_CUDA_GEMV_STAGED_WAVES=1 (read once, or a test's override): the staged GEMV also takes
+// products whose weights exceed one wave of blocks (not yet measured on a GPU).
+static std::atomic<int> staged_waves_override{-1};
+static bool GemvStagedWaves() {
+  static const bool from_env = EnvInt("UM_CUDA_GEMV_STAGED_WAVES", 0) != 0;
+  const int o = staged_waves_override.load(std::memory_order_relaxed);
+  return o < 0 ? from_env : o != 0;
+}
+
+void SetGemvStagedWavesForTesting(int enabled) { staged_waves_override.store(enabled, std::memory_order_relaxed); }
+
 static bool StagedShape(const GemvArgs& a, StagedParams* p, int* blocks, size_t* smem) {
   if (a.tokens != 1 || a.in_dim % 8 != 0) return false;
   if (a.x_f32 != nullptr && a.in_dim > kStagedThreads * 4 * kStagedMaxF4) return false;
@@ -468,10 +480,18 @@ static bool StagedShape(const GemvArgs& a, StagedParams* p, int* blocks, size_t*
     if (a.x_f32 == nullptr) return false;
     while (a.x_group_rows % p->per_block != 0) ++p->per_block;
   }
+  p->pitch = StagedPitch(a.in_dim);
+  const int64_t unit_bytes = static_cast<int64_t>(swiglu ? 2 : 1) * p->pitch * 2;
+  if (p->per_block * unit_bytes > kStagedMaxWeightBytes && a.x_group_rows == 0 && GemvStagedWaves()) {
+    // More weights than one wave of blocks holds (the lm_head): blocks of a full slice each, two
+    // resident a multiprocessor, so the first wave stages before the PDL wait and the later
+    // ones stream in behind the blocks that finish.
+    p->per_block = static_cast<int>(kStagedMaxWeightBytes / unit_bytes);
+    if (p->per_block < kStagedWarps) return false;
+  }
   // Lane j of a warp holds the residual of its j-th row: at most 32 rows a warp.
   if (p->per_block > 32 * kStagedWarps) return false;
-  p->pitch = StagedPitch(a.in_dim);
-  const int64_t weight_bytes = static_cast<int64_t>(p->per_block) * (swiglu ? 2 : 1) * p->pitch * 2;
+  const int64_t weight_bytes = p->per_block * unit_bytes;
   if (weight_bytes > kStagedMaxWeightBytes) return false;
   *blocks = (a.out_dim + p->per_block - 1) / p->per_block;
   *smem = kStagedHeader + StagedXsBytes(a.in_dim, a.fp32_input) + static_cast<size_t>(weight_bytes);
