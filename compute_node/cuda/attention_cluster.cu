@@ -11,8 +11,6 @@
 // scratch in global memory, no arrival counters, no fences.
 #include <cooperative_groups.h>
 
-#include <atomic>
-
 #include "compute_node/cuda/attention.cuh"
 #include "compute_node/cuda/attention_item.cuh"
 #include "compute_node/cuda/bulk_copy.cuh"
@@ -227,25 +225,20 @@ void LaunchT(const ClusterArgs& a, int tokens, cudaStream_t stream) {
                  dim3(kThreads), smem, stream, a);
 }
 
-std::atomic<int> cluster_override{-1};  // -1: the environment decides
-std::atomic<int> tile_override{-1};     // -1: the environment decides
-
-// UM_CUDA_ATTN_CLUSTER (default on, read once) unless a test overrides it.
-bool AttentionClusterEnabled() {
-  static const bool from_env = EnvInt("UM_CUDA_ATTN_CLUSTER", 1) != 0;
-  const int o = cluster_override.load(std::memory_order_relaxed);
-  return o < 0 ? from_env : o != 0;
-}
+// UM_CUDA_ATTN_CLUSTER (default on) and UM_CUDA_ATTN_CLUSTER_TILE (0: by the step's size) unless a
+// test overrides them.
+EnvKnob cluster_enabled("UM_CUDA_ATTN_CLUSTER", 1);
+EnvKnob cluster_tile("UM_CUDA_ATTN_CLUSTER_TILE", 0);
 
 }  // namespace
 
-void SetAttentionClusterForTesting(int enabled) { cluster_override.store(enabled, std::memory_order_relaxed); }
-void SetAttentionClusterTileForTesting(int tile) { tile_override.store(tile, std::memory_order_relaxed); }
+void SetAttentionClusterForTesting(int enabled) { cluster_enabled.Override(enabled); }
+void SetAttentionClusterTileForTesting(int tile) { cluster_tile.Override(tile); }
 
 bool LaunchAttentionCluster(float* qkv, const TokenKv* kv, const float2* rope, int tokens, int num_heads,
                             int num_kv_heads, int head_dim, int layer, __nv_bfloat16* out,
                             cudaStream_t stream) {
-  if (rope == nullptr || !AttentionClusterEnabled()) return false;
+  if (rope == nullptr || cluster_enabled.Get() == 0) return false;
   // Small steps only: with more blocks than about two waves, each block's one tile and two
   // cluster barriers cost more than the split kernel (H200, 2026-11-28: batch 1 355 -> 329 us,
   // batch 64 912 -> 1015, batch 256 1814 -> 2327 per decode step).
@@ -255,8 +248,7 @@ bool LaunchAttentionCluster(float* qkv, const TokenKv* kv, const float2* rope, i
   // 513..1024-token context is then one tile, not a full one and a sliver (H200, 2026-12-04,
   // 517-token context: batch 1 312 -> 301 us; batch 8, two waves, 522 -> 555, hence the limit).
   // UM_CUDA_ATTN_CLUSTER_TILE=64 or 128 forces one size.
-  static const int env_tile = EnvInt("UM_CUDA_ATTN_CLUSTER_TILE", 0);
-  const int forced = tile_override.load(std::memory_order_relaxed) >= 0 ? tile_override.load() : env_tile;
+  const int forced = cluster_tile.Get();
   const bool one_wave = static_cast<int64_t>(tokens) * num_kv_heads * kSplits <= SmCount();
   const int tile = forced == 64 || forced == 128 ? forced : (one_wave ? 128 : 64);
   return DispatchHeadDimAndGroup<64, 128>(head_dim, num_heads / num_kv_heads, [&](auto hd, auto g) {

@@ -7,7 +7,6 @@
 // cores with bf16 q and weights (fp32 sums), the online softmax in fp32 a warp per head; the
 // splits merge through scratch and the arrival counter, the last block of a (token, kv head)
 // summing them.
-#include <atomic>
 
 #include "compute_node/cuda/attention.cuh"
 #include "compute_node/cuda/attention_item.cuh"
@@ -240,24 +239,18 @@ void LaunchT(const AttentionItemArgs& a, int tokens, cudaStream_t stream) {
   }
 }
 
-std::atomic<int> staged_override{-1};  // -1: the environment decides
-
-// UM_CUDA_ATTN_STAGED (read once) unless a test overrides it: 0 off, 1 (the default) for steps of
-// at least half as many (token, kv head) pairs as multiprocessors, 2 for every decode step.
-int AttentionStagedMode() {
-  static const int from_env = EnvInt("UM_CUDA_ATTN_STAGED", 1);
-  const int o = staged_override.load(std::memory_order_relaxed);
-  return o < 0 ? from_env : o;
-}
+// UM_CUDA_ATTN_STAGED unless a test overrides it: 0 off, 1 (the default) for steps of at least
+// half as many (token, kv head) pairs as multiprocessors, 2 for every decode step.
+EnvKnob staged_mode("UM_CUDA_ATTN_STAGED", 1);
 
 }  // namespace
 
-void SetAttentionStagedForTesting(int mode) { staged_override.store(mode, std::memory_order_relaxed); }
+void SetAttentionStagedForTesting(int mode) { staged_mode.Override(mode); }
 
 bool LaunchAttentionStaged(float* qkv, const TokenKv* kv, const float2* rope, int tokens, int num_heads,
                            int num_kv_heads, int head_dim, int layer, int splits, float* scratch, int* counters,
                            __nv_bfloat16* out, cudaStream_t stream) {
-  const int mode = AttentionStagedMode();
+  const int mode = staged_mode.Get();
   if (rope == nullptr || mode == 0) return false;
   // With fewer (token, kv head) pairs than half the multiprocessors the split kernel was faster
   // (H200, 2026-11-28, decode step with 4 kv heads: 16 tokens 653 against 632 us; 32 tokens 682

@@ -2,7 +2,6 @@
 #include "compute_node/cuda/gemv.cuh"
 
 #include <algorithm>
-#include <atomic>
 
 #include "compute_node/cuda/bulk_copy.cuh"
 #include "compute_node/cuda/launch.cuh"
@@ -456,18 +455,13 @@ static __global__ void __launch_bounds__(kStagedThreads, kMma ? 4 : 0) GemvStage
   }
 }
 
+// UM_CUDA_GEMV_STAGED_WAVES=1 (or a test's override): the staged GEMV also takes products whose
+// weights exceed one wave of blocks (not yet measured on a GPU).
+static EnvKnob staged_waves("UM_CUDA_GEMV_STAGED_WAVES", 0);
+
+void SetGemvStagedWavesForTesting(int enabled) { staged_waves.Override(enabled); }
+
 // Units per block and blocks for the staged GEMV, or false when a block's slice would not fit.
-// UM_CUDA_GEMV_STAGED_WAVES=1 (read once, or a test's override): the staged GEMV also takes
-// products whose weights exceed one wave of blocks (not yet measured on a GPU).
-static std::atomic<int> staged_waves_override{-1};
-static bool GemvStagedWaves() {
-  static const bool from_env = EnvInt("UM_CUDA_GEMV_STAGED_WAVES", 0) != 0;
-  const int o = staged_waves_override.load(std::memory_order_relaxed);
-  return o < 0 ? from_env : o != 0;
-}
-
-void SetGemvStagedWavesForTesting(int enabled) { staged_waves_override.store(enabled, std::memory_order_relaxed); }
-
 static bool StagedShape(const GemvArgs& a, StagedParams* p, int* blocks, size_t* smem) {
   if (a.tokens != 1 || a.in_dim % 8 != 0) return false;
   if (a.x_f32 != nullptr && a.in_dim > kStagedThreads * 4 * kStagedMaxF4) return false;
@@ -482,7 +476,7 @@ static bool StagedShape(const GemvArgs& a, StagedParams* p, int* blocks, size_t*
   }
   p->pitch = StagedPitch(a.in_dim);
   const int64_t unit_bytes = static_cast<int64_t>(swiglu ? 2 : 1) * p->pitch * 2;
-  if (p->per_block * unit_bytes > kStagedMaxWeightBytes && a.x_group_rows == 0 && GemvStagedWaves()) {
+  if (p->per_block * unit_bytes > kStagedMaxWeightBytes && a.x_group_rows == 0 && staged_waves.Get() != 0) {
     // More weights than one wave of blocks holds (the lm_head): blocks of a full slice each, two
     // resident a multiprocessor, so the first wave stages before the PDL wait and the later
     // ones stream in behind the blocks that finish.

@@ -29,6 +29,13 @@ ScopedPdl::~ScopedPdl() { pdl_on_this_thread = saved_; }
 
 bool PdlActive() { return pdl_on_this_thread && PdlEnabled(); }
 
+int EnvKnob::Get() const {
+  const int o = override_.load(std::memory_order_relaxed);
+  if (o >= 0) return o;
+  std::call_once(read_, [this] { from_env_ = EnvInt(name_, fallback_); });
+  return from_env_;
+}
+
 void AllowDynamicSmem(const void* kernel, size_t bytes) {
   constexpr size_t kDefaultLimit = 48 * 1024;
   if (bytes <= kDefaultLimit) return;

@@ -10,6 +10,8 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <mutex>
 #include <utility>
 
 namespace ultramem::cuda {
@@ -39,6 +41,22 @@ int SmCount();
 // The integer in environment variable `name` (atoi), or `fallback` when it is not set. The
 // engine's measuring knobs (UM_CUDA_...) read it once each.
 int EnvInt(const char* name, int fallback);
+
+// A measuring knob a test can set: EnvInt(name, fallback), read once, unless Override(v) with
+// v >= 0 holds (Override(-1) hands it back to the environment).
+class EnvKnob {
+ public:
+  EnvKnob(const char* name, int fallback) : name_(name), fallback_(fallback) {}
+  int Get() const;
+  void Override(int value) { override_.store(value, std::memory_order_relaxed); }
+
+ private:
+  const char* name_;
+  int fallback_;
+  std::atomic<int> override_{-1};
+  mutable std::once_flag read_;
+  mutable int from_env_ = 0;
+};
 
 __device__ __forceinline__ void GridDependencyWait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

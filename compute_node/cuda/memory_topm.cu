@@ -3,7 +3,6 @@
 // index ties, ranked by (value desc, index asc).
 #include "compute_node/cuda/memory_topm.cuh"
 
-#include <atomic>
 #include <cmath>
 
 #include "compute_node/cuda/launch.cuh"
@@ -258,15 +257,10 @@ static __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// UM_CUDA_TOPM_TWO_PASS=1 (read once, or a test's override): BlockTopM's two-digit variant.
-static std::atomic<int> two_pass_override{-1};
-static bool TopMTwoPass() {
-  static const bool from_env = EnvInt("UM_CUDA_TOPM_TWO_PASS", 0) != 0;
-  const int o = two_pass_override.load(std::memory_order_relaxed);
-  return o < 0 ? from_env : o != 0;
-}
+// UM_CUDA_TOPM_TWO_PASS=1 (or a test's override): BlockTopM's two-digit variant.
+static EnvKnob two_pass("UM_CUDA_TOPM_TWO_PASS", 0);
 
-void SetTopMTwoPassForTesting(int enabled) { two_pass_override.store(enabled, std::memory_order_relaxed); }
+void SetTopMTwoPassForTesting(int enabled) { two_pass.Override(enabled); }
 
 void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* cores,
                       const float* core_u, const float* core_v, const int64_t* shuffle,
@@ -278,7 +272,7 @@ void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* 
                       sizeof(float) * shape.cores * mm + sizeof(int) * (5 * m + 2 * (256 + 8)) +
                       sizeof(float) * 2 * shape.num_keys * shape.rank;
   LaunchKernel(MemoryTopMKernel, dim3(shape.tokens, shape.heads), dim3(kThreads), smem, stream,
-               shape, scores, cores, core_u, core_v, shuffle, rows, groups, scores_out, t_index, TopMTwoPass());
+               shape, scores, cores, core_u, core_v, shuffle, rows, groups, scores_out, t_index, two_pass.Get() != 0);
 }
 
 }  // namespace ultramem::cuda
