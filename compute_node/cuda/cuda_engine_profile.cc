@@ -7,6 +7,8 @@
 #include <set>
 #include <string>
 
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "compute_node/cuda/cuda_engine_internal.h"
 
 namespace ultramem {
@@ -14,18 +16,11 @@ namespace cuda {
 
 bool CudaEngine::Ablated(const char* op) {
   static const std::set<std::string> ablated = [] {
-    std::set<std::string> ops;
     const char* v = std::getenv("UM_CUDA_ABLATE");
-    std::string list = v != nullptr ? v : "";
-    for (size_t at = 0; at <= list.size();) {
-      const size_t end = std::min(list.find(',', at), list.size());
-      if (end > at) ops.insert(list.substr(at, end - at));
-      at = end + 1;
-    }
+    const std::set<std::string> ops = absl::StrSplit(v != nullptr ? v : "", ',', absl::SkipEmpty());
     if (!ops.empty()) {
-      std::string names;
-      for (const auto& o : ops) names += " " + o;
-      std::fprintf(stderr, "UM_CUDA_ABLATE: leaving out%s (timing only: outputs are wrong)\n", names.c_str());
+      std::fprintf(stderr, "UM_CUDA_ABLATE: leaving out %s (timing only: outputs are wrong)\n",
+                   absl::StrJoin(ops, " ").c_str());
     }
     return ops;
   }();

@@ -25,11 +25,11 @@ static __global__ void QueryNormKernel(const float* q, const float* weight, int 
   for (int k = 0; k < (blockDim.x + 31) / 32; ++k) total += partial[k];
   const float scale = rsqrtf(total / static_cast<float>(key_dim) + eps);
   float* out = qn + (static_cast<int64_t>(side) * tokens + t) * key_dim;
-  __nv_bfloat16* split = parts + (static_cast<int64_t>(side) * tokens + t) * 3 * key_dim;
   for (int d = threadIdx.x; d < key_dim; d += blockDim.x) {
     const float v = in[d] * scale * weight[d];
     out[d] = v;
     if (parts != nullptr) {
+      __nv_bfloat16* split = parts + (static_cast<int64_t>(side) * tokens + t) * 3 * key_dim;
       const __nv_bfloat16 hi = __float2bfloat16(v);
       const float r1 = v - __bfloat162float(hi);
       const __nv_bfloat16 mid = __float2bfloat16(r1);
