@@ -256,8 +256,7 @@ TEST(CudaOps, GemvFusedNormAndSwiGluMatchCpu) {
 
 // One-token products: the staged GEMV (weights bulk-copied into shared memory) and the register
 // GEMV on the engine's shapes and odd ones, every output kind, against the CPU; lm_head-sized
-// weights do not fit one wave of the staged variant and fall back, or (variant 2) take it in
-// several waves.
+// weights do not fit the staged variant and fall back.
 TEST(CudaOps, GemvStagedMatchesRegisterGemvAndCpu) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(Seed());
@@ -296,9 +295,7 @@ TEST(CudaOps, GemvStagedMatchesRegisterGemvAndCpu) {
     auto dxb = UpBf16(x), dw = UpBf16(w);
     std::vector<int32_t> rows = {src};
     auto drows = Up(rows);
-    for (int variant : {0, 1, 2}) {
-      const bool staged = variant != 1;
-      SetGemvStagedWavesForTesting(variant == 2 ? 1 : 0);
+    for (bool staged : {true, false}) {
       auto dy = Up(y0);
       DeviceBuffer<bf16> dact;
       ASSERT_OK(dact.Reserve(sh.out));
@@ -323,9 +320,8 @@ TEST(CudaOps, GemvStagedMatchesRegisterGemvAndCpu) {
       LaunchGemv(a, nullptr);
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       const std::vector<float> got = swiglu ? DownBf16(dact, sh.out) : Down(dy, sh.out);
-      EXPECT_LE(RelErr(got, want), 1e-2) << (variant == 0 ? "staged" : variant == 1 ? "register" : "staged, waves");
+      EXPECT_LE(RelErr(got, want), 1e-2) << (staged ? "staged" : "register");
     }
-    SetGemvStagedWavesForTesting(-1);
   }
 }
 

@@ -455,12 +455,6 @@ static __global__ void __launch_bounds__(kStagedThreads, kMma ? 4 : 0) GemvStage
   }
 }
 
-// UM_CUDA_GEMV_STAGED_WAVES=1 (or a test's override): the staged GEMV also takes products whose
-// weights exceed one wave of blocks (not yet measured on a GPU).
-static EnvKnob staged_waves("UM_CUDA_GEMV_STAGED_WAVES", 0);
-
-void SetGemvStagedWavesForTesting(int enabled) { staged_waves.Override(enabled); }
-
 // Units per block and blocks for the staged GEMV, or false when a block's slice would not fit.
 static bool StagedShape(const GemvArgs& a, StagedParams* p, int* blocks, size_t* smem) {
   if (a.tokens != 1 || a.in_dim % 8 != 0) return false;
@@ -474,18 +468,10 @@ static bool StagedShape(const GemvArgs& a, StagedParams* p, int* blocks, size_t*
     if (a.x_f32 == nullptr) return false;
     while (a.x_group_rows % p->per_block != 0) ++p->per_block;
   }
-  p->pitch = StagedPitch(a.in_dim);
-  const int64_t unit_bytes = static_cast<int64_t>(swiglu ? 2 : 1) * p->pitch * 2;
-  if (p->per_block * unit_bytes > kStagedMaxWeightBytes && a.x_group_rows == 0 && staged_waves.Get() != 0) {
-    // More weights than one wave of blocks holds (the lm_head): blocks of a full slice each, two
-    // resident a multiprocessor, so the first wave stages before the PDL wait and the later
-    // ones stream in behind the blocks that finish.
-    p->per_block = static_cast<int>(kStagedMaxWeightBytes / unit_bytes);
-    if (p->per_block < kStagedWarps) return false;
-  }
   // Lane j of a warp holds the residual of its j-th row: at most 32 rows a warp.
   if (p->per_block > 32 * kStagedWarps) return false;
-  const int64_t weight_bytes = p->per_block * unit_bytes;
+  p->pitch = StagedPitch(a.in_dim);
+  const int64_t weight_bytes = static_cast<int64_t>(p->per_block) * (swiglu ? 2 : 1) * p->pitch * 2;
   if (weight_bytes > kStagedMaxWeightBytes) return false;
   *blocks = (a.out_dim + p->per_block - 1) / p->per_block;
   *smem = kStagedHeader + StagedXsBytes(a.in_dim, a.fp32_input) + static_cast<size_t>(weight_bytes);

@@ -70,9 +70,6 @@ struct GemvArgs {
 void LaunchGemv(const GemvArgs& args, cudaStream_t stream);
 // The staged variant alone (one token): false, and nothing launched, where it does not fit.
 bool LaunchGemvStaged(const GemvArgs& args, cudaStream_t stream);
-// Whether the staged variant also takes products too large for one wave of its blocks (the
-// lm_head; UM_CUDA_GEMV_STAGED_WAVES, off by default): -1 the environment decides, 0 off, 1 on.
-void SetGemvStagedWavesForTesting(int enabled);
 
 // The staged GEMV's timeline, for UM_CUDA_GEMV_TRACE=1 (read once): block 0 of every launch
 // records when it started (before its PDL wait), the cycles to the wait's return, from there to

@@ -32,9 +32,9 @@ static __device__ __forceinline__ void Sync(int bar, int nthreads) {
 // Writes the indices of the m largest keys[0..n) to out[0..m) in descending order (ties: lower
 // index first). scratch: 256 + 8 ints; cand: m ints. Called by `nthreads` threads (whole warps,
 // local ids tid = 0..nthreads-1) that share barrier `bar` (0: the whole block).
-// `two_pass` (UM_CUDA_TOPM_TWO_PASS=1, not yet measured on a GPU): after two digits, when the
+// `two_pass` (the default; UM_CUDA_TOPM_TWO_PASS=0 turns it off): after two digits, when the
 // threshold's bin holds at most 256 keys, those are ranked against each other directly instead
-// of two more radix passes and the tie scan.
+// of two more radix passes and the tie scan (H200: batch 1 299.7 -> 293.0 us a step).
 static __device__ void BlockTopM(const uint32_t* keys, int n, int m, int* out, int* scratch,
                                  int* cand, int tid, int nthreads, int bar, bool two_pass) {
   int* hist = scratch;       // [256]
@@ -257,8 +257,8 @@ static __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// UM_CUDA_TOPM_TWO_PASS=1 (or a test's override): BlockTopM's two-digit variant.
-static EnvKnob two_pass("UM_CUDA_TOPM_TWO_PASS", 0);
+// BlockTopM's two-digit variant: on unless UM_CUDA_TOPM_TWO_PASS=0 (or a test's override).
+static EnvKnob two_pass("UM_CUDA_TOPM_TWO_PASS", 1);
 
 void SetTopMTwoPassForTesting(int enabled) { two_pass.Override(enabled); }
 

@@ -21,7 +21,8 @@ struct TopMShape {
 
 // scores: [H][2][tokens][n·r] fp32. cores: [H][h][r][r]; core_u, core_v: [H][r].
 // shuffle: [E·N]. Outputs [tokens·H·m] (scores_out ·h), k = head·m + rank.
-// BlockTopM's two-digit variant (UM_CUDA_TOPM_TWO_PASS): -1 the environment decides, 0 off, 1 on.
+// BlockTopM's two-digit variant (UM_CUDA_TOPM_TWO_PASS, on by default): -1 the environment
+// decides, 0 off, 1 on.
 void SetTopMTwoPassForTesting(int enabled);
 
 void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* cores,
