@@ -149,9 +149,14 @@ class CudaEngine : public Engine {
   // the critical path. Names as in the op profile (qkv, attention, wo, gate_up, down,
   // values_proj, lm_head, mem.query_proj, mem.query_norm, mem.key_scores, mem.top_m, mem.pool;
   // qkv, gate_up and lm_head are the products alone where a norm or SwiGLU kernel stands apart),
-  // or "memory" for each memory layer's whole fork, join and values_proj; mem.top_m also leaves
-  // out mem.pool (it would read unset rows).
+  // or "memory" for each memory layer's whole fork, join and values_proj ("memory.J" for layer J
+  // alone); mem.top_m also leaves out mem.pool (it would read unset rows). Two leave out a
+  // dependency instead of an op: "mem.join" (the main stream waits for the memory layers at the
+  // end of the step, not before their output blocks: how much of the side chain is on the
+  // critical path) and "mem.overlap" (each chain runs on the main stream: its length with
+  // nothing beside it).
   static bool Ablated(const char* op);
+  static bool MemoryLayerAblated(int j);
   void ClearGraphs();
 
   std::shared_ptr<const ModelWeights> w_;

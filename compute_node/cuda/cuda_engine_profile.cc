@@ -7,6 +7,7 @@
 #include <set>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "compute_node/cuda/cuda_engine_internal.h"
@@ -25,6 +26,10 @@ bool CudaEngine::Ablated(const char* op) {
     return ops;
   }();
   return !ablated.empty() && ablated.count(op) != 0;
+}
+
+bool CudaEngine::MemoryLayerAblated(int j) {
+  return Ablated("memory") || Ablated(absl::StrCat("memory.", j).c_str());
 }
 
 void CudaEngine::Mark(const char* op, cudaStream_t stream) {
