@@ -61,19 +61,15 @@ void SetAttentionClusterTileForTesting(int tile);
 
 // Wider decode steps with `rope` (at least half as many (token, kv head) pairs as multiprocessors;
 // head_dim 64 or 128, group 1/2/4/8) take the staged kernel (attention_staged.cu): a block per
-// (token, kv head, split) as in the fast kernel, its K/V rows streamed into shared memory through a
-// ring of cp.async tiles (the first requested before the PDL wait), scores and P·V on the tensor
-// cores, splits merged through scratch and counters as in the fast kernel; with one split, its
-// per-warp variant (each warp streaming its own positions, no block barrier). Returns false (and
-// launches nothing) for other shapes, prefill, or when turned off (UM_CUDA_ATTN_STAGED=0;
-// UM_CUDA_ATTN_STAGED=2 takes it for every decode step). Tests: SetAttentionStagedForTesting
-// with -1 (the environment), 0, 1 or 2 as the variable.
+// (token, kv head, split) as in the fast kernel, each warp streaming its own positions into
+// shared memory through a cp.async ring (the first chunks requested before the PDL wait), scores
+// and P·V on the tensor cores with the softmax in registers, splits merged through scratch and
+// counters as in the fast kernel. Returns false (and launches nothing) for other shapes, prefill,
+// or when turned off (UM_CUDA_ATTN_STAGED=0; UM_CUDA_ATTN_STAGED=2 takes it for every decode
+// step). Tests: SetAttentionStagedForTesting with -1 (the environment), 0, 1 or 2 as the variable.
 bool LaunchAttentionStaged(float* qkv, const TokenKv* kv, const float2* rope, int tokens, int num_heads,
                            int num_kv_heads, int head_dim, int layer, int splits, float* scratch, int* counters,
                            __nv_bfloat16* out, cudaStream_t stream);
 void SetAttentionStagedForTesting(int mode);
-// The staged kernels' per-warp variant (UM_CUDA_ATTN_WARP): -1 the environment, 0 never, 1 where
-// the step has one split (the default), 2 always.
-void SetAttentionWarpForTesting(int mode);
 
 }  // namespace ultramem::cuda

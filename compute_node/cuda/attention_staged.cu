@@ -1,13 +1,17 @@
 // The decode attention for wider steps (attention.cuh, LaunchAttentionStaged): one block of 128
-// threads per (token, kv head, split), like the fast kernel, but the split's K and V rows reach
-// shared memory through a ring of S tiles of 64 positions filled by cp.async (S = 2 by default:
-// one tile in flight while the block computes on the other), instead of one K row and a few V
-// rows per thread in registers. The first tile is requested before the PDL wait (rows written by
-// earlier steps; the token's own row is replaced after it lands). Scores and P·V run on the tensor
-// cores with bf16 q and weights (fp32 sums), the online softmax in fp32 a warp per head; the
-// splits merge through scratch and the arrival counter, the last block of a (token, kv head)
-// summing them. Steps with one split (the pairs alone fill the multiprocessors) take the per-warp
-// variant below instead: each warp its own ring and online softmax, no block barrier in the loop.
+// threads per (token, kv head, split), like the fast kernel, but each of the block's four warps
+// streams its own chunks of 16 positions (warp w takes chunks w, w + 4, ... of the split) into
+// shared memory through a private cp.async ring, the first chunks requested before the PDL wait
+// (rows written by earlier steps; the token's own row is replaced after it lands). The group's
+// heads are the tensor-core step's M (padded to 16 rows, bf16 q and weights, fp32 sums), so
+// S = Q·Kᵀ leaves each head's scores in the lanes that hold them as P·V's A fragment: the online
+// softmax runs on registers (quad shuffles) and the loop has no block barrier. The warps' (max,
+// sum, output) merge once at the end through shared memory; splits merge through scratch and the
+// arrival counter, the last block of a (token, kv head) summing them.
+//
+// It replaced a kernel whose four warps shared one ring of 64-position tiles and met at four
+// barriers a tile (H200, 2026-12-04, graph us a decode step: batch 24 652.8 -> 647.2, 32 646.5 ->
+// 643.5, 48 766 -> 719, 64 735 -> 723, 256 1375 -> 1368).
 
 #include "compute_node/cuda/attention.cuh"
 #include "compute_node/cuda/attention_item.cuh"
@@ -20,28 +24,8 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kTileP = 64;  // positions per staged tile: 16 per warp for the scores
-constexpr int kN = 8;       // heads of the group padded to the tensor-core step's N
-
 template <int kHD>
 constexpr int kRowBytes = kHD * 2 + 16;  // padded: the 8 rows an ldmatrix reads hit distinct banks
-
-// Tiles in the ring (UM_CUDA_ATTN_STAGES, 2..4, or 2 by default).
-int Stages() {
-  static const int from_env = EnvInt("UM_CUDA_ATTN_STAGES", 0);
-  return from_env >= 2 && from_env <= 4 ? from_env : 2;
-}
-
-template <int kHD, int kG, int S>
-struct StagedSmem {
-  alignas(16) unsigned char k[S][kTileP][kRowBytes<kHD>];
-  alignas(16) unsigned char v[S][kTileP][kRowBytes<kHD>];
-  alignas(16) __nv_bfloat16 q[kN][kHD + 8];      // rotated, pre-scaled; heads past the group zero
-  alignas(16) __nv_bfloat16 p[kN][kTileP + 8];   // the tile's softmax weights; heads past the group zero
-  float s[kG][kTileP];                           // scores, then exponentials
-  float m_run[kG], l_run[kG], rescale[kN];
-  int last;
-};
 
 // Four 8x8 bf16 matrices from shared memory (lane l gives the address of row l % 8 of matrix l / 8),
 // as mma.sync's A fragment; .trans transposes each matrix.
@@ -55,186 +39,12 @@ __device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* p)
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(SmemAddr(p)));
 }
-__device__ __forceinline__ uint32_t Pair(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
-// Scores S[position, head] = K·Qᵀ and the output Oᵀ[dim, head] = Vᵀ·P on the tensor cores
-// (m16n8k16, bf16 operands, fp32 sums; the group's heads padded to 8): warp w scores positions
-// 16w .. 16w + 15 of each tile and owns dims w·kHD/4 .. of the output, so no cross-warp sum.
-template <int kHD, int kG, int S>
-__global__ void __launch_bounds__(kThreads) AttentionStagedKernel(AttentionItemArgs a) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  auto& sm = *reinterpret_cast<StagedSmem<kHD, kG, S>*>(smem_raw);
-  const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int g = lane >> 2, qd = lane & 3;  // the mma fragment coordinates
-  const TokenKv tok = a.kv[t];  // copied from the host before the step, not written by a kernel
-  const int pos = tok.position, ctx = pos + 1;
-  const int chunk = (ctx + a.splits - 1) / a.splits;
-  const int p0 = min(ctx, split * chunk), p1 = min(ctx, p0 + chunk);
-  const int width = a.num_kv_heads * kHD;
-  const __nv_bfloat16* kbase = KvRow(tok, a.layer, 0, 0, width) + kvh * kHD;
-  const __nv_bfloat16* vbase = KvRow(tok, a.layer, 1, 0, width) + kvh * kHD;
-  constexpr int kChunks = kHD / 8;  // 16-byte pieces of a row
-  auto stage = [&](int tile, int buf) {
-    if (tile < p1) {
-      const int n = min(kTileP, p1 - tile);
-      for (int i = tid; i < kTileP * kChunks; i += kThreads) {
-        const int r = i / kChunks, c = i % kChunks;
-        if (r < n) {
-          const int64_t off = static_cast<int64_t>(tile + r) * width + c * 8;
-          CpAsync16(&sm.k[buf][r][c * 16], kbase + off);
-          CpAsync16(&sm.v[buf][r][c * 16], vbase + off);
-        } else {  // past the split: weight 0, and the V rows must not hold NaN patterns
-          *reinterpret_cast<uint4*>(&sm.v[buf][r][c * 16]) = make_uint4(0, 0, 0, 0);
-        }
-      }
-    }
-    CpAsyncCommit();  // possibly empty: one group per tile slot keeps the counting uniform
-  };
-  // The first tiles' rows were written by earlier steps (the token's own row is replaced below).
-#pragma unroll
-  for (int i = 0; i < S - 1; ++i) stage(p0 + i * kTileP, i);
-  GridDependencyWait();
-  AllowDependents();
+constexpr int kChunk = 16;  // positions a warp takes at a time
 
-  const float* row = a.qkv + static_cast<int64_t>(t) * (a.num_heads + 2 * a.num_kv_heads) * kHD;
-  const float2* cs = a.rope + static_cast<int64_t>(pos) * (kHD / 2);
-  const float scale = rsqrtf(static_cast<float>(kHD));
-  for (int e = tid; e < kN * kHD; e += kThreads) {
-    const int h = e / kHD, d = e % kHD;
-    sm.q[h][d] = __float2bfloat16(h < kG ? RopeAt<kHD>(row + (kvh * kG + h) * kHD, cs, d) * scale : 0.0f);
-  }
-  for (int e = kG * kTileP + tid; e < kN * kTileP; e += kThreads) sm.p[e / kTileP][e % kTileP] = __float2bfloat16(0.0f);
-  const bool owner = p0 < p1 && p1 == ctx;  // the split holding the token's own position
-  __nv_bfloat16 own_k = __float2bfloat16(0.0f), own_v = own_k;
-  if (owner && tid < kHD) OwnKv<kHD>(row, cs, a.num_heads, a.num_kv_heads, kvh, tid, tok, a.layer, true, own_k, own_v);
-  if (tid < kG) {
-    sm.m_run[tid] = -INFINITY;
-    sm.l_run[tid] = 0.0f;
-  }
-  if (tid >= kG && tid < kN) sm.rescale[tid] = 1.0f;
-  __syncthreads();
-
-  // q as the scores' B fragments (k = dims, n = heads), kept in registers for every tile.
-  constexpr int kKS = kHD / 16;  // 16-dim steps
-  uint32_t qf[kKS][2];
-#pragma unroll
-  for (int ks = 0; ks < kKS; ++ks) {
-    qf[ks][0] = Pair(&sm.q[g][ks * 16 + 2 * qd]);
-    qf[ks][1] = Pair(&sm.q[g][ks * 16 + 8 + 2 * qd]);
-  }
-  // The output: warp w owns dims w·kHD/4 .. + kHD/4 (kMT tiles of 16) for the 8 (padded) heads.
-  constexpr int kMT = kHD / 64;
-  const int dim0 = warp * (kHD / 4);
-  float acc[kMT][4];
-#pragma unroll
-  for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) acc[mt][i] = 0.0f;
-  const int lrow = lane & 15, lcol = (lane >> 4) * 8;           // ldmatrix address of the scores' A
-  const int trow = (lane >> 4) * 8 + (lane & 7), tcol = ((lane >> 3) & 1) * 8;  // and of Vᵀ's
-
-  for (int tile = p0, it = 0; tile < p1; tile += kTileP, ++it) {
-    const int buf = it % S;
-    // The slot of the tile S - 1 ahead was released by the barrier that ended the last tile.
-    stage(tile + (S - 1) * kTileP, (it + S - 1) % S);
-    CpAsyncWaitGroup<S - 1>();
-    __syncthreads();  // this tile and the zeroed rows are visible
-    const int n = min(kTileP, p1 - tile);
-    if (owner && pos >= tile && pos < tile + n) {
-      if (tid < kHD) {
-        reinterpret_cast<__nv_bfloat16*>(sm.k[buf][pos - tile])[tid] = own_k;
-        reinterpret_cast<__nv_bfloat16*>(sm.v[buf][pos - tile])[tid] = own_v;
-      }
-      __syncthreads();
-    }
-    {
-      float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-      for (int ks = 0; ks < kKS; ++ks) {
-        uint32_t af[4];
-        LdMatrixX4(af, &sm.k[buf][warp * 16 + lrow][(ks * 16 + lcol) * 2]);
-        MmaBf16(c, af[0], af[1], af[2], af[3], qf[ks][0], qf[ks][1]);
-      }
-      // c = (position g, heads 2qd, 2qd + 1), (position g + 8, the same heads).
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int h = 2 * qd + (i & 1), p = warp * 16 + g + (i >> 1) * 8;
-        if (h < kG) sm.s[h][p] = p < n ? c[i] : -INFINITY;
-      }
-    }
-    __syncthreads();
-    for (int h = warp; h < kG; h += kWarps) {
-      const SoftmaxTile st = WarpSoftmaxTile<kTileP>(sm.s[h], sm.m_run[h], lane);  // m_new finite
-#pragma unroll
-      for (int j = lane; j < kTileP; j += 32) sm.p[h][j] = __float2bfloat16(sm.s[h][j]);
-      if (lane == 0) FoldSoftmaxTile(st, sm.m_run[h], sm.l_run[h], sm.rescale[h]);
-    }
-    __syncthreads();
-    const float r0 = sm.rescale[2 * qd], r1 = sm.rescale[2 * qd + 1];
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
-      acc[mt][0] *= r0;
-      acc[mt][1] *= r1;
-      acc[mt][2] *= r0;
-      acc[mt][3] *= r1;
-    }
-#pragma unroll
-    for (int ks = 0; ks < kTileP / 16; ++ks) {
-      const uint32_t b0 = Pair(&sm.p[g][ks * 16 + 2 * qd]), b1 = Pair(&sm.p[g][ks * 16 + 8 + 2 * qd]);
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) {
-        uint32_t af[4];
-        LdMatrixX4Trans(af, &sm.v[buf][ks * 16 + trow][(dim0 + mt * 16 + tcol) * 2]);
-        MmaBf16(acc[mt], af[0], af[1], af[2], af[3], b0, b1);
-      }
-    }
-    __syncthreads();  // this tile's slot and the weights are free
-  }
-  CpAsyncWaitGroup<0>();  // no copy outlives the block (the trailing groups are empty)
-
-  // acc[mt] = (dim dim0 + 16mt + g, heads 2qd, 2qd + 1), (dim + 8, the same heads).
-  const int head0 = kvh * kG;
-  if (a.splits == 1) {
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int h = 2 * qd + (i & 1), d = dim0 + mt * 16 + g + (i >> 1) * 8;
-        if (h < kG) {
-          a.out[(static_cast<int64_t>(t) * a.num_heads + head0 + h) * kHD + d] = __float2bfloat16(acc[mt][i] / sm.l_run[h]);
-        }
-      }
-    return;
-  }
-  // Partial: [t][head][split][hd + 2] = acc (unnormalized), m, l; the last block merges.
-  float* parts0 = a.scratch + (static_cast<int64_t>(t) * a.num_heads + head0) * a.splits * (kHD + 2);
-#pragma unroll
-  for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int h = 2 * qd + (i & 1), d = dim0 + mt * 16 + g + (i >> 1) * 8;
-      if (h < kG) parts0[(static_cast<int64_t>(h) * a.splits + split) * (kHD + 2) + d] = acc[mt][i];
-    }
-  if (tid < kG) {
-    float* part = parts0 + (static_cast<int64_t>(tid) * a.splits + split) * (kHD + 2);
-    part[kHD] = sm.m_run[tid];
-    part[kHD + 1] = sm.l_run[tid];
-  }
-  ArriveAndMerge<kHD, kG, kThreads>(a, t, kvh, tid, sm.last, BlockSync{});
-}
-
-// The per-warp variant (steps with one split; UM_CUDA_ATTN_WARP): the block's four warps each stream
-// their own chunks of 16 positions (warp w takes chunks w, w + 4, ... of the split) through a
-// private cp.async ring, with the heads as the tensor-core step's M (the group padded to 16 rows):
-// S = Q·Kᵀ leaves each head's scores in the lanes that hold them as P·V's A fragment, so the
-// online softmax runs on registers (quad shuffles) and the loop has no block barrier. The warps'
-// (max, sum, output) merge once at the end through shared memory.
-constexpr int kChunk = 16;
-
-template <int kHD, int kG>
+// kRing chunks a warp's ring holds (kRing - 1 in flight while it computes on one).
+template <int kHD, int kG, int kRing>
 struct WarpSmem {
-  static constexpr int kRing = kHD == 64 ? 4 : 2;  // chunks in flight per warp
   alignas(16) unsigned char k[kWarps][kRing][kChunk][kRowBytes<kHD>];
   alignas(16) unsigned char v[kWarps][kRing][kChunk][kRowBytes<kHD>];
   alignas(16) __nv_bfloat16 q[16][kHD + 8];  // rotated, pre-scaled; rows past the group zero
@@ -249,11 +59,10 @@ __device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-template <int kHD, int kG>
+template <int kHD, int kG, int R>
 __global__ void __launch_bounds__(kThreads) AttentionWarpKernel(AttentionItemArgs a) {
   static_assert(kG <= 8, "the group's heads are rows g of the m16 tile");
-  using Smem = WarpSmem<kHD, kG>;
-  constexpr int R = Smem::kRing;
+  using Smem = WarpSmem<kHD, kG, R>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto& sm = *reinterpret_cast<Smem*>(smem_raw);
   const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
@@ -428,31 +237,16 @@ __global__ void __launch_bounds__(kThreads) AttentionWarpKernel(AttentionItemArg
   ArriveAndMerge<kHD, kG, kThreads>(a, t, kvh, tid, sm.last, BlockSync{});
 }
 
-template <int kHD, int kG, int S>
-void LaunchS(const AttentionItemArgs& a, int tokens, cudaStream_t stream) {
-  const size_t smem = sizeof(StagedSmem<kHD, kG, S>);
-  LaunchKernel(AttentionStagedKernel<kHD, kG, S>, dim3(tokens, a.num_kv_heads, a.splits), dim3(kThreads), smem,
-               stream, a);
-}
-
-// UM_CUDA_ATTN_WARP unless a test overrides it: 1 (the default) the per-warp kernel where the step
-// has one split, 0 never, 2 for every launch of the staged kernels. With several splits its
-// 80 KB blocks fit two a multiprocessor against the ring kernel's five (H200, 2026-12-04, graph us:
-// batch 32 697 against 644); with one it won (48: 766 -> 719, 64: 735 -> 723, 256: 1375 -> 1368).
-EnvKnob warp_mode("UM_CUDA_ATTN_WARP", 1);
-
 template <int kHD, int kG>
 void LaunchT(const AttentionItemArgs& a, int tokens, cudaStream_t stream) {
-  const int w = warp_mode.Get();
-  if (w == 2 || (w == 1 && a.splits == 1)) {
-    LaunchKernel(AttentionWarpKernel<kHD, kG>, dim3(tokens, a.num_kv_heads, a.splits), dim3(kThreads),
-                 sizeof(WarpSmem<kHD, kG>), stream, a);
-    return;
-  }
-  switch (Stages()) {
-    case 2: return LaunchS<kHD, kG, 2>(a, tokens, stream);
-    case 3: return LaunchS<kHD, kG, 3>(a, tokens, stream);
-    default: return LaunchS<kHD, kG, 4>(a, tokens, stream);
+  // Four chunks a warp at head_dim 64 with one split (two blocks a multiprocessor); two with
+  // several splits (more blocks resident) or head_dim 128.
+  if (kHD == 64 && a.splits == 1) {
+    LaunchKernel(AttentionWarpKernel<kHD, kG, 4>, dim3(tokens, a.num_kv_heads, a.splits), dim3(kThreads),
+                 sizeof(WarpSmem<kHD, kG, 4>), stream, a);
+  } else {
+    LaunchKernel(AttentionWarpKernel<kHD, kG, 2>, dim3(tokens, a.num_kv_heads, a.splits), dim3(kThreads),
+                 sizeof(WarpSmem<kHD, kG, 2>), stream, a);
   }
 }
 
@@ -463,14 +257,14 @@ EnvKnob staged_mode("UM_CUDA_ATTN_STAGED", 1);
 }  // namespace
 
 void SetAttentionStagedForTesting(int mode) { staged_mode.Override(mode); }
-void SetAttentionWarpForTesting(int mode) { warp_mode.Override(mode); }
 
 bool LaunchAttentionStaged(float* qkv, const TokenKv* kv, const float2* rope, int tokens, int num_heads,
                            int num_kv_heads, int head_dim, int layer, int splits, float* scratch, int* counters,
                            __nv_bfloat16* out, cudaStream_t stream) {
   const int mode = staged_mode.Get();
   if (rope == nullptr || mode == 0) return false;
-  // With fewer (token, kv head) pairs than half the multiprocessors the split kernel was faster
+  // The two rules below were measured with the ring kernel this one replaced. With fewer (token,
+  // kv head) pairs than half the multiprocessors the split kernel was faster than that kernel
   // (H200, 2026-11-28, decode step with 4 kv heads: 16 tokens 653 against 632 us; 32 tokens 682
   // against 749; 64 tokens 828 against 910; 256 tokens 1564 against 1818).
   if (mode == 1 && 2 * static_cast<int64_t>(tokens) * num_kv_heads < SmCount()) return false;

@@ -421,13 +421,12 @@ void RunRopeAndAttention(int nh, int nkv, int hd) {
   // Decode path: the attention kernel rotates q and k and appends K/V itself (qkv unrotated).
   // "splits" 0: the cluster kernel (head_dim 64/128; the split kernel for other shapes) with its
   // tile by the step's size, then with 64- and 128-position tiles (variants 200, 201), the staged
-  // kernel (head_dim 64/128) at 1, 3 and 16 splits (101, 103, 116), its per-warp variant likewise
-  // (301, 303, 316), the fast split kernel at 1, 3 and 16.
-  for (int variant : {0, 200, 201, 101, 103, 116, 301, 303, 316, 1, 3, 16}) {
-    SetAttentionClusterForTesting(variant == 0 || (variant >= 200 && variant < 300) ? 1 : 0);
+  // kernel (head_dim 64/128) at 1, 3 and 16 splits (101, 103, 116: its ring four chunks deep at one
+  // split and head_dim 64, two otherwise), the fast split kernel at 1, 3 and 16.
+  for (int variant : {0, 200, 201, 101, 103, 116, 1, 3, 16}) {
+    SetAttentionClusterForTesting(variant == 0 || variant >= 200 ? 1 : 0);
     SetAttentionClusterTileForTesting(variant == 200 ? 64 : variant == 201 ? 128 : 0);
-    SetAttentionStagedForTesting(variant > 100 && (variant < 200 || variant > 300) ? 2 : 0);
-    SetAttentionWarpForTesting(variant > 300 ? 2 : 0);
+    SetAttentionStagedForTesting(variant > 100 && variant < 200 ? 2 : 0);
     const int splits = std::max(variant % 100, 1);
     auto dqkv = Up(qkv);
     for (int s = 0; s < T; ++s) {
@@ -469,7 +468,6 @@ void RunRopeAndAttention(int nh, int nkv, int hd) {
   SetAttentionClusterForTesting(-1);
   SetAttentionClusterTileForTesting(-1);
   SetAttentionStagedForTesting(-1);
-  SetAttentionWarpForTesting(-1);
   // Prefill path: the RoPE kernel first (q rotated in qkv, K/V appended), then attention.
   auto dqkv = Up(qkv);
   LaunchRopeAndCache(dqkv.get(), dkv.get(), drope.get(), T, nh, nkv, hd, layer, nullptr);
