@@ -199,6 +199,10 @@ void CudaEngineTest::ExpectMatchesCpu(const std::string& label, int batch, int p
 // the kernel tests hold the 1e-2 / 99% bounds.
 TEST_F(CudaEngineTest, LogitsAndSelectionsMatchCpu) { ExpectMatchesCpu("memory model", 6, 20, 12); }
 
+// Decode steps of 20 sequences: the wide path (cuBLAS products, standalone norms and SwiGLU, the
+// split-bf16 key scores), which the tests above at 6 sequences do not reach.
+TEST_F(CudaEngineTest, WideStepsMatchCpu) { ExpectMatchesCpu("memory model, 20 sequences", 20, 6, 4); }
+
 class CudaDenseEngineTest : public CudaEngineTest {
  protected:
   ModelConfig Config() const override {
@@ -209,6 +213,7 @@ class CudaDenseEngineTest : public CudaEngineTest {
 };
 
 TEST_F(CudaDenseEngineTest, LogitsMatchCpu) { ExpectMatchesCpu("dense model", 6, 20, 12); }
+TEST_F(CudaDenseEngineTest, WideStepsMatchCpu) { ExpectMatchesCpu("dense model, 20 sequences", 20, 6, 4); }
 
 // The persistent decode kernel (UM_CUDA_DECODE_KERNEL=1, decode steps of at most 8 tokens) against
 // the per-op kernels on the same engine: the same products in another summation order (the GEMV
