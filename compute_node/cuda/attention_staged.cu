@@ -67,8 +67,8 @@ __global__ void __launch_bounds__(kThreads) AttentionWarpKernel(AttentionItemArg
   auto& sm = *reinterpret_cast<Smem*>(smem_raw);
   const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int g = lane >> 2, qd = lane & 3;
-  const TokenKv tok = a.kv[t];
+  const int g = lane >> 2, qd = lane & 3;  // the mma fragment coordinates
+  const TokenKv tok = a.kv[t];  // copied from the host before the step, not written by a kernel
   const int pos = tok.position, ctx = pos + 1;
   const int span = (ctx + a.splits - 1) / a.splits;
   const int p0 = min(ctx, split * span), p1 = min(ctx, p0 + span);
