@@ -451,7 +451,7 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
 absl::Status CudaEngine::ForkMemoryLayer(int j, int T,
                                          std::vector<std::unique_ptr<PendingPool>>* pending) {
   DeviceMemoryLayer& d = mem_layers_[j];
-  if (device_pool_ && Ablated("mem.overlap")) return EnqueueMemoryQuery(j, T, main_, blas_main_);
+  if (device_pool_ && MemoryOverlapAblated(j)) return EnqueueMemoryQuery(j, T, main_, blas_main_);
   if (device_pool_) {
     CUDA_CHECK(cudaEventRecord(d.fork, main_));
     CUDA_CHECK(cudaStreamWaitEvent(mem_, d.fork, 0));
@@ -493,7 +493,7 @@ absl::Status CudaEngine::ForkMemoryLayer(int j, int T,
 absl::Status CudaEngine::JoinMemoryLayer(int j, int T,
                                          std::vector<std::unique_ptr<PendingPool>>* pending) {
   DeviceMemoryLayer& d = mem_layers_[j];
-  if (device_pool_ && Ablated("mem.overlap")) return absl::OkStatus();
+  if (device_pool_ && MemoryOverlapAblated(j)) return absl::OkStatus();
   if (device_pool_) {
     CUDA_CHECK(cudaStreamWaitEvent(main_, d.join, 0));
     return absl::OkStatus();

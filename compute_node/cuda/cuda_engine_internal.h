@@ -154,9 +154,10 @@ class CudaEngine : public Engine {
   // dependency instead of an op: "mem.join" (the main stream waits for the memory layers at the
   // end of the step, not before their output blocks: how much of the side chain is on the
   // critical path) and "mem.overlap" (each chain runs on the main stream: its length with
-  // nothing beside it).
+  // nothing beside it; "mem.overlap.J" layer J's alone).
   static bool Ablated(const char* op);
   static bool MemoryLayerAblated(int j);
+  static bool MemoryOverlapAblated(int j);
   void ClearGraphs();
 
   std::shared_ptr<const ModelWeights> w_;

@@ -32,6 +32,10 @@ bool CudaEngine::MemoryLayerAblated(int j) {
   return Ablated("memory") || Ablated(absl::StrCat("memory.", j).c_str());
 }
 
+bool CudaEngine::MemoryOverlapAblated(int j) {
+  return Ablated("mem.overlap") || Ablated(absl::StrCat("mem.overlap.", j).c_str());
+}
+
 void CudaEngine::Mark(const char* op, cudaStream_t stream) {
   if (!profiling_) return;
   auto& marks = stream == main_ ? marks_main_ : marks_mem_;

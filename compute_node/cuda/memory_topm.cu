@@ -3,6 +3,7 @@
 // index ties, ranked by (value desc, index asc).
 #include "compute_node/cuda/memory_topm.cuh"
 
+#include <algorithm>
 #include <cmath>
 
 #include "compute_node/cuda/launch.cuh"
@@ -172,12 +173,20 @@ static __device__ void BlockTopM(const uint32_t* keys, int n, int m, int* out, i
   Sync(bar, nthreads);
 }
 
+constexpr int kTopMTraceSlots = 256;
+__device__ TopMTraceRecord g_topm_trace[kTopMTraceSlots];
+__device__ unsigned int g_topm_trace_next;
+
 static __global__ void __launch_bounds__(kThreads)
     MemoryTopMKernel(TopMShape s, const float* scores, const float* cores, const float* core_u,
                      const float* core_v, const int64_t* shuffle, int64_t* rows, int32_t* groups,
-                     float* scores_out, int64_t* t_index, bool two_pass) {
+                     float* scores_out, int64_t* t_index, bool two_pass, bool trace) {
+  unsigned long long clk[7];
+  const bool tracing = trace && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0;
+  if (tracing) clk[0] = clock64();
   GridDependencyWait();
   AllowDependents();
+  if (tracing) clk[1] = clock64();
   const int t = blockIdx.x, h = blockIdx.y;
   const int n = s.num_keys, r = s.rank, m = s.topk, hc = s.cores, mm = m * m;
   const int64_t nr = static_cast<int64_t>(n) * r;
@@ -214,6 +223,7 @@ static __global__ void __launch_bounds__(kThreads)
     key_col[i] = OrderKey(pc);
   }
   __syncthreads();
+  if (tracing) clk[2] = clock64();
   // Step 6: rows on the first half of the block, columns on the second, at the same time.
   constexpr int kHalf = kThreads / 2;
   if (threadIdx.x < kHalf) {
@@ -222,6 +232,7 @@ static __global__ void __launch_bounds__(kThreads)
     BlockTopM(key_col, n, m, i_col, scratch2, cand2, threadIdx.x - kHalf, kHalf, 2, two_pass);
   }
   __syncthreads();
+  if (tracing) clk[3] = clock64();
   // Step 7: G_c[x, y] = S_row[I_row[x]] · core_c · S_col[I_col[y]]ᵀ, G = Σ_c G_c.
   for (int e = threadIdx.x; e < mm; e += kThreads) {
     const int x = e / m, y = e - x * m;
@@ -242,8 +253,10 @@ static __global__ void __launch_bounds__(kThreads)
     key_g[e] = OrderKey(g);
   }
   __syncthreads();
+  if (tracing) clk[4] = clock64();
   // Step 8, then step 9.
   BlockTopM(key_g, mm, m, best, scratch, cand, threadIdx.x, kThreads, 0, two_pass);
+  if (tracing) clk[5] = clock64();
   const int K = s.heads * m;
   for (int k = threadIdx.x; k < m; k += kThreads) {
     const int j = best[k];
@@ -255,12 +268,42 @@ static __global__ void __launch_bounds__(kThreads)
     groups[sel] = static_cast<int32_t>(tv / s.num_rows);
     for (int c = 0; c < hc; ++c) scores_out[sel * hc + c] = g_core[c * mm + j];
   }
+  if (trace && blockIdx.x == 0 && blockIdx.y == 0) {
+    __syncthreads();  // the block's outputs are written
+    if (tracing) {
+      clk[6] = clock64();
+      TopMTraceRecord r;
+      r.tokens = s.tokens;
+      for (int i = 0; i < 6; ++i) r.cycles[i] = clk[i + 1] - clk[i];
+      g_topm_trace[atomicAdd(&g_topm_trace_next, 1u) % kTopMTraceSlots] = r;
+    }
+  }
 }
 
 // BlockTopM's two-digit variant: on unless UM_CUDA_TOPM_TWO_PASS=0 (or a test's override).
 static EnvKnob two_pass("UM_CUDA_TOPM_TWO_PASS", 1);
 
 void SetTopMTwoPassForTesting(int enabled) { two_pass.Override(enabled); }
+
+bool TopMTraceEnabled() {
+  static const bool enabled = EnvInt("UM_CUDA_TOPM_TRACE", 0) != 0;
+  return enabled;
+}
+
+std::vector<TopMTraceRecord> TakeTopMTrace() {
+  unsigned int next = 0;
+  std::vector<TopMTraceRecord> out;
+  if (cudaMemcpyFromSymbol(&next, g_topm_trace_next, sizeof(next)) != cudaSuccess) return out;
+  const unsigned int n = std::min<unsigned int>(next, kTopMTraceSlots);
+  out.resize(n);
+  if (n > 0 && cudaMemcpyFromSymbol(out.data(), g_topm_trace, n * sizeof(TopMTraceRecord)) != cudaSuccess) {
+    out.clear();
+  }
+  if (next > kTopMTraceSlots) std::rotate(out.begin(), out.begin() + next % kTopMTraceSlots, out.end());
+  const unsigned int zero = 0;
+  cudaMemcpyToSymbol(g_topm_trace_next, &zero, sizeof(zero));
+  return out;
+}
 
 void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* cores,
                       const float* core_u, const float* core_v, const int64_t* shuffle,
@@ -272,7 +315,8 @@ void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* 
                       sizeof(float) * shape.cores * mm + sizeof(int) * (5 * m + 2 * (256 + 8)) +
                       sizeof(float) * 2 * shape.num_keys * shape.rank;
   LaunchKernel(MemoryTopMKernel, dim3(shape.tokens, shape.heads), dim3(kThreads), smem, stream,
-               shape, scores, cores, core_u, core_v, shuffle, rows, groups, scores_out, t_index, two_pass.Get() != 0);
+               shape, scores, cores, core_u, core_v, shuffle, rows, groups, scores_out, t_index, two_pass.Get() != 0,
+               TopMTraceEnabled());
 }
 
 }  // namespace ultramem::cuda

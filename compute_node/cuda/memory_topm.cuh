@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace ultramem::cuda {
 
@@ -24,6 +25,17 @@ struct TopMShape {
 // BlockTopM's two-digit variant (UM_CUDA_TOPM_TWO_PASS, on by default): -1 the environment
 // decides, 0 off, 1 on.
 void SetTopMTwoPassForTesting(int enabled);
+
+// UM_CUDA_TOPM_TRACE=1 (read once): block (0, 0) of every launch records the SM cycles of its
+// phases: the PDL wait, loading the scores and the rank-1 proxies (step 5), the row and column
+// selections (6), the grid's exact scores (7), the grid's selection (8) and the outputs (9).
+struct TopMTraceRecord {
+  int tokens;
+  unsigned long long cycles[6];  // wait, proxies, selections, grid, grid selection, outputs
+};
+bool TopMTraceEnabled();
+// The records since the last call (at most the last 256), oldest first; clears them.
+std::vector<TopMTraceRecord> TakeTopMTrace();
 
 void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* cores,
                       const float* core_u, const float* core_v, const int64_t* shuffle,

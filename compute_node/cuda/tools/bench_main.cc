@@ -23,6 +23,7 @@
 #include "compute_node/cuda/cuda_engine.h"
 #include "compute_node/cuda/gemv.cuh"
 #include "compute_node/cuda/launch.cuh"
+#include "compute_node/cuda/memory_topm.cuh"
 #include "compute_node/model_runtime.h"
 
 ABSL_FLAG(std::string, model, "", "model directory");
@@ -65,6 +66,27 @@ void PrintGemvTrace(Engine* engine) {
     std::printf("  %6d %6d %5zu %12.2f %14.2f %12.2f %10.2f %13.0f%%\n", shape.first, shape.second, rs.size(),
                 wait / n, ready / n, end / n, span / n, 100 * at / n);
   }
+}
+
+// UM_CUDA_TOPM_TRACE=1: one more graph replay of the last step, then the memory top-m kernel's
+// phases (block (0, 0) of each launch; means over the step's memory layers, µs at the SM clock).
+void PrintTopMTrace(Engine* engine) {
+  cuda::TakeTopMTrace();
+  if (!CudaReplayLastStepMicros(engine, 1, true).ok()) return;
+  const std::vector<cuda::TopMTraceRecord> recs = cuda::TakeTopMTrace();
+  if (recs.empty()) return;
+  int device = 0, khz = 1;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device);
+  const double us_per_cycle = 1e3 / khz;
+  double mean[6] = {}, total = 0;
+  for (const auto& r : recs) {
+    for (int i = 0; i < 6; ++i) mean[i] += r.cycles[i] * us_per_cycle / recs.size();
+  }
+  for (double m : mean) total += m;
+  std::printf("top-m trace (%d tokens, block (0, 0) of %zu launches, us): wait %.2f, scores + proxies %.2f, "
+              "row/column selections %.2f, grid %.2f, grid selection %.2f, outputs %.2f; %.2f after the wait\n",
+              recs[0].tokens, recs.size(), mean[0], mean[1], mean[2], mean[3], mean[4], mean[5], total - mean[0]);
 }
 
 absl::Status Run() {
@@ -141,6 +163,7 @@ absl::Status Run() {
     UM_ASSIGN_OR_RETURN(double graph_us, CudaReplayLastStepMicros(rt->engine.get(), iters, true));
     UM_ASSIGN_OR_RETURN(double eager_us, CudaReplayLastStepMicros(rt->engine.get(), iters, false));
     if (B == 1 && cuda::GemvTraceEnabled()) PrintGemvTrace(rt->engine.get());
+    if (cuda::TopMTraceEnabled()) PrintTopMTrace(rt->engine.get());
     const int64_t ctx_now = seqs[0]->length();
     const int64_t kv_bytes = int64_t{B} * cfg.num_layers * 2 * ctx_now * cfg.num_key_value_heads *
                              cfg.head_dim * 2;
