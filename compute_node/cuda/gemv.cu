@@ -494,21 +494,7 @@ bool GemvTraceEnabled() {
   return enabled;
 }
 
-std::vector<GemvTraceRecord> TakeGemvTrace() {
-  unsigned int next = 0;
-  std::vector<GemvTraceRecord> out;
-  if (cudaMemcpyFromSymbol(&next, g_gemv_trace_next, sizeof(next)) != cudaSuccess) return out;
-  const unsigned int n = std::min<unsigned int>(next, kTraceSlots);
-  out.resize(n);
-  if (n > 0 && cudaMemcpyFromSymbol(out.data(), g_gemv_trace, n * sizeof(GemvTraceRecord)) != cudaSuccess) {
-    out.clear();
-  }
-  // Oldest first when the ring wrapped.
-  if (next > kTraceSlots) std::rotate(out.begin(), out.begin() + next % kTraceSlots, out.end());
-  const unsigned int zero = 0;
-  cudaMemcpyToSymbol(g_gemv_trace_next, &zero, sizeof(zero));
-  return out;
-}
+std::vector<GemvTraceRecord> TakeGemvTrace() { return TakeTraceRing(g_gemv_trace, g_gemv_trace_next); }
 
 // False when the environment sets UM_CUDA_GEMV_STAGED=0 (read once).
 static bool GemvStagedEnabled() {

@@ -10,9 +10,11 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <utility>
+#include <vector>
 
 namespace ultramem::cuda {
 
@@ -57,6 +59,23 @@ class EnvKnob {
   mutable std::once_flag read_;
   mutable int from_env_ = 0;
 };
+
+// Host side of a trace ring: device records `ring` (block 0 of each launch writes slot
+// atomicAdd(&next, 1) % N) are copied back, oldest first, and `next` is reset. Call it from the
+// .cu file that defines both symbols.
+template <class T, unsigned int N>
+std::vector<T> TakeTraceRing(const T (&ring)[N], const unsigned int& next_symbol) {
+  unsigned int next = 0;
+  std::vector<T> out;
+  if (cudaMemcpyFromSymbol(&next, next_symbol, sizeof(next)) != cudaSuccess) return out;
+  const unsigned int n = std::min(next, N);
+  out.resize(n);
+  if (n > 0 && cudaMemcpyFromSymbol(out.data(), ring, n * sizeof(T)) != cudaSuccess) out.clear();
+  if (next > N && !out.empty()) std::rotate(out.begin(), out.begin() + next % N, out.end());  // wrapped
+  const unsigned int zero = 0;
+  cudaMemcpyToSymbol(next_symbol, &zero, sizeof(zero));
+  return out;
+}
 
 __device__ __forceinline__ void GridDependencyWait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

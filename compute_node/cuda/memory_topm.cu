@@ -3,7 +3,6 @@
 // index ties, ranked by (value desc, index asc).
 #include "compute_node/cuda/memory_topm.cuh"
 
-#include <algorithm>
 #include <cmath>
 
 #include "compute_node/cuda/launch.cuh"
@@ -290,20 +289,7 @@ bool TopMTraceEnabled() {
   return enabled;
 }
 
-std::vector<TopMTraceRecord> TakeTopMTrace() {
-  unsigned int next = 0;
-  std::vector<TopMTraceRecord> out;
-  if (cudaMemcpyFromSymbol(&next, g_topm_trace_next, sizeof(next)) != cudaSuccess) return out;
-  const unsigned int n = std::min<unsigned int>(next, kTopMTraceSlots);
-  out.resize(n);
-  if (n > 0 && cudaMemcpyFromSymbol(out.data(), g_topm_trace, n * sizeof(TopMTraceRecord)) != cudaSuccess) {
-    out.clear();
-  }
-  if (next > kTopMTraceSlots) std::rotate(out.begin(), out.begin() + next % kTopMTraceSlots, out.end());
-  const unsigned int zero = 0;
-  cudaMemcpyToSymbol(g_topm_trace_next, &zero, sizeof(zero));
-  return out;
-}
+std::vector<TopMTraceRecord> TakeTopMTrace() { return TakeTraceRing(g_topm_trace, g_topm_trace_next); }
 
 void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* cores,
                       const float* core_u, const float* core_v, const int64_t* shuffle,
