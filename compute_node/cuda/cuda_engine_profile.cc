@@ -15,7 +15,8 @@
 namespace ultramem {
 namespace cuda {
 
-bool CudaEngine::Ablated(const char* op) {
+// UM_CUDA_ABLATE's names, read once.
+static const std::set<std::string>& AblatedOps() {
   static const std::set<std::string> ablated = [] {
     const char* v = std::getenv("UM_CUDA_ABLATE");
     const std::set<std::string> ops = absl::StrSplit(v != nullptr ? v : "", ',', absl::SkipEmpty());
@@ -25,14 +26,22 @@ bool CudaEngine::Ablated(const char* op) {
     }
     return ops;
   }();
-  return !ablated.empty() && ablated.count(op) != 0;
+  return ablated;
 }
 
+bool CudaEngine::Ablated(const char* op) {
+  const std::set<std::string>& ops = AblatedOps();
+  return !ops.empty() && ops.count(op) != 0;
+}
+
+// Each step asks these per memory layer: no per-layer name is built unless something is ablated.
 bool CudaEngine::MemoryLayerAblated(int j) {
+  if (AblatedOps().empty()) return false;
   return Ablated("memory") || Ablated(absl::StrCat("memory.", j).c_str());
 }
 
 bool CudaEngine::MemoryOverlapAblated(int j) {
+  if (AblatedOps().empty()) return false;
   return Ablated("mem.overlap") || Ablated(absl::StrCat("mem.overlap.", j).c_str());
 }
 
