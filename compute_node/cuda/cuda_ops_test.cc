@@ -575,14 +575,15 @@ void RunSelect(const SelectCase& c) {
     EXPECT_LE(RelErr(split, sgemm), 1e-5) << "split bf16 key scores against SGEMM";
   }
   cublasDestroy(blas);
-  // The top-m with four radix digits, then with two and the threshold bin ranked directly: both
-  // exact, so they must agree to the bit.
+  // The top-m with four radix digits, with two and the threshold bin ranked directly, and by the
+  // threshold of 32 group maxima (m <= 32): all exact, so they must agree to the bit.
   TopMShape shape{T, H, static_cast<int>(n), r, h, m, mc.NumRows()};
   std::vector<int64_t> first_tix;
   std::vector<float> first_sc;
-  for (int two_pass : {0, 1}) {
-    SCOPED_TRACE(two_pass ? "two-digit top-m" : "four-digit top-m");
-    SetTopMTwoPassForTesting(two_pass);
+  static const char* const kVariant[] = {"four-digit top-m", "two-digit top-m", "threshold top-m"};
+  for (int variant : {0, 1, 2}) {
+    SCOPED_TRACE(kVariant[variant]);
+    SetTopMVariantForTesting(variant);
     Poison(rows);
     Poison(tix);
     Poison(groups);
@@ -593,7 +594,7 @@ void RunSelect(const SelectCase& c) {
     auto g_rows = Down(rows, T * K), g_tix = Down(tix, T * K);
     auto g_groups = Down(groups, T * K);
     auto g_sc = Down(sc, T * K * h);
-    if (two_pass) {
+    if (variant > 0) {
       EXPECT_EQ(g_tix, first_tix);
       EXPECT_EQ(0, std::memcmp(g_sc.data(), first_sc.data(), g_sc.size() * sizeof(float)));
     } else {
@@ -614,11 +615,11 @@ void RunSelect(const SelectCase& c) {
       sc_want.insert(sc_want.end(), want.scores.begin() + t * K * h, want.scores.begin() + (t + 1) * K * h);
       sc_got.insert(sc_got.end(), g_sc.begin() + t * K * h, g_sc.begin() + (t + 1) * K * h);
     }
-    std::printf("selections equal on %d of %d tokens%s\n", same, T, two_pass ? " (two-digit top-m)" : "");
+    std::printf("selections equal on %d of %d tokens (%s)\n", same, T, kVariant[variant]);
     EXPECT_GE(same, 0.99 * T);
     EXPECT_LE(RelErr(sc_got, sc_want), 1e-2);
   }
-  SetTopMTwoPassForTesting(-1);
+  SetTopMVariantForTesting(-1);
 }
 
 TEST(CudaOps, MemorySelectMatchesCpuBenchShape) {
@@ -645,6 +646,74 @@ TEST(CudaOps, MemorySelectTiesGoToLowerIndex) {
   SKIP_WITHOUT_GPU();
   RunSelect({40, 64, 4, 32, 2, 16, 2, 2, true});
   RunSelect({10, 64, 4, 32, 2, 40, 2, 2, true});  // m above a warp (40)
+}
+
+// The top-m kernel alone on scores built to defeat the threshold select: the keys of one of its
+// 32 groups far below the rest, so that nearly every key is a candidate and it falls back to the
+// radix select; then keys of four levels (ties go to the lower index); then plain random
+// keys. r = h = 1 and unit cores, so the proxies are the scores and G[x, y] their product, and the
+// expected selections are computed here. Every variant must give them exactly.
+TEST(CudaOps, MemoryTopMAdversarialKeys) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(Seed());
+  const int T = 3, n = 2048, m = 32;
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> scores(2 * T * n);  // [H = 1][row, col][T][n]
+  for (int half = 0; half < 2; ++half) {
+    for (int t = 0; t < T; ++t) {
+      float* s = scores.data() + (half * T + t) * n;
+      for (int i = 0; i < n; ++i) {
+        s[i] = t == 1 ? static_cast<float>(rng() % 4) : normal(rng);
+        if (t < 2 && TopMSelectGroupForTesting(i) == 0) s[i] = -1000.0f - i;
+      }
+    }
+  }
+  auto top = [](const std::vector<float>& v, int k) {
+    std::vector<int> idx(v.size());
+    for (size_t i = 0; i < v.size(); ++i) idx[i] = static_cast<int>(i);
+    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return v[a] > v[b]; });
+    idx.resize(k);
+    return idx;
+  };
+  std::vector<int64_t> want_tix;
+  std::vector<float> want_sc;
+  for (int t = 0; t < T; ++t) {
+    const std::vector<float> row(scores.begin() + t * n, scores.begin() + (t + 1) * n);
+    const std::vector<float> col(scores.begin() + (T + t) * n, scores.begin() + (T + t + 1) * n);
+    const auto ir = top(row, m), ic = top(col, m);
+    std::vector<float> g(m * m);
+    for (int x = 0; x < m; ++x) {
+      for (int y = 0; y < m; ++y) g[x * m + y] = (row[ir[x]] * 1.0f) * col[ic[y]];
+    }
+    for (int j : top(g, m)) {
+      want_tix.push_back(static_cast<int64_t>(ir[j / m]) * n + ic[j % m]);
+      want_sc.push_back(g[j]);
+    }
+  }
+  std::vector<int64_t> shuffle(static_cast<size_t>(n) * n);
+  for (size_t i = 0; i < shuffle.size(); ++i) shuffle[i] = static_cast<int64_t>(i);
+  auto dscores = Up(scores), dcores = Up(std::vector<float>{1.0f}), dcu = Up(std::vector<float>{1.0f});
+  auto dshuffle = Up(shuffle);
+  DeviceBuffer<float> sc;
+  DeviceBuffer<int64_t> rows, tix;
+  DeviceBuffer<int32_t> groups;
+  ASSERT_OK(sc.Reserve(T * m));
+  ASSERT_OK(rows.Reserve(T * m));
+  ASSERT_OK(tix.Reserve(T * m));
+  ASSERT_OK(groups.Reserve(T * m));
+  const TopMShape shape{T, 1, n, 1, 1, m, static_cast<int64_t>(n) * n};
+  for (int variant : {0, 1, 2}) {
+    SCOPED_TRACE(variant);
+    SetTopMVariantForTesting(variant);
+    Poison(tix);
+    Poison(sc);
+    LaunchMemoryTopM(shape, dscores.get(), dcores.get(), dcu.get(), dcu.get(), dshuffle.get(), rows.get(),
+                     groups.get(), sc.get(), tix.get(), nullptr);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    EXPECT_EQ(Down(tix, T * m), want_tix);
+    EXPECT_EQ(Down(sc, T * m), want_sc);
+  }
+  SetTopMVariantForTesting(-1);
 }
 
 TEST(CudaOps, DevicePoolMatchesCpuPooling) {

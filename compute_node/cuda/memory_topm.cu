@@ -1,6 +1,6 @@
-// Implementation of memory_topm.cuh. Top-m is a block-wide radix select (four 8-bit digits of an
-// order-preserving key) for the m-th largest value, then the elements above it plus the lowest-
-// index ties, ranked by (value desc, index asc).
+// Implementation of memory_topm.cuh. Top-m is a threshold select where m <= 32 (BlockTopMThreshold),
+// else a block-wide radix select (8-bit digits of an order-preserving key) for the m-th largest
+// value, then the elements above it plus the lowest-index ties, ranked by (value desc, index asc).
 #include "compute_node/cuda/memory_topm.cuh"
 
 #include <cmath>
@@ -32,7 +32,7 @@ static __device__ __forceinline__ void Sync(int bar, int nthreads) {
 // Writes the indices of the m largest keys[0..n) to out[0..m) in descending order (ties: lower
 // index first). scratch: 256 + 8 ints; cand: m ints. Called by `nthreads` threads (whole warps,
 // local ids tid = 0..nthreads-1) that share barrier `bar` (0: the whole block).
-// `two_pass` (the default; UM_CUDA_TOPM_TWO_PASS=0 turns it off): after two digits, when the
+// `two_pass` (UM_CUDA_TOPM=1, the default where m > 32; 0 turns it off): after two digits, when the
 // threshold's bin holds at most 256 keys, those are ranked against each other directly instead
 // of two more radix passes and the tie scan (H200: batch 1 299.7 -> 293.0 us a step).
 static __device__ void BlockTopM(const uint32_t* keys, int n, int m, int* out, int* scratch,
@@ -172,6 +172,70 @@ static __device__ void BlockTopM(const uint32_t* keys, int n, int m, int* out, i
   Sync(bar, nthreads);
 }
 
+// The threshold select (UM_CUDA_TOPM=2, the default where m <= 32). Every key becomes a unique
+// 64-bit word, (order key << 32) | ~index, so "larger word" is exactly "ranks first" (higher
+// score, then lower index). The keys fall into 32 groups by a hash of their index; T, the least
+// of the groups' maxima, is at most the 32nd largest word, so the words >= T hold the top m.
+// Those candidates (about 130 of 1024 or 2048 keys, rarely 300, whatever order the values come
+// in: the hash, not the position, picks a key's group, so the grid's rows and columns sorted by
+// their proxies do not line up with the groups) are ranked against each other. Three barriers,
+// where the radix select meets at several per digit. More candidates than `cap` (adversarial
+// keys) fall back to the two-digit radix select.
+// group_max: 32 words, zero before a barrier the part passed before the call; cand: cap words;
+// count: one int.
+static __device__ __forceinline__ uint64_t SelectWord(uint32_t key, int index) {
+  return (static_cast<uint64_t>(key) << 32) | static_cast<uint32_t>(~index);
+}
+static __host__ __device__ __forceinline__ int SelectGroup(int index) {
+  uint32_t x = static_cast<uint32_t>(index) * 0x9E3779B1u;
+  x ^= x >> 15;
+  x *= 0x85EBCA77u;
+  return static_cast<int>(x >> 27);
+}
+
+static __device__ void BlockTopMThreshold(const uint32_t* keys, int n, int m, int* out,
+                                          unsigned long long* group_max, uint64_t* cand, int cap,
+                                          int* count, int* scratch, int* cand_idx, int tid,
+                                          int nthreads, int bar) {
+  const int lane = tid & 31;
+  for (int i = tid; i < n; i += nthreads) atomicMax(&group_max[SelectGroup(i)], SelectWord(keys[i], i));
+  if (tid == 0) *count = 0;
+  Sync(bar, nthreads);
+  // An empty group (n < 32 or a poor hash) stays zero, so every key is then a candidate.
+  uint64_t g = group_max[lane];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const uint64_t v = __shfl_xor_sync(0xffffffffu, g, o);
+    g = v < g ? v : g;
+  }
+  const uint64_t thr = g;
+  const int n_round = (n + 31) & ~31;  // whole warps stay converged for the ballot
+  for (int i = tid; i < n_round; i += nthreads) {
+    uint64_t w = 0;
+    const bool take = i < n && (w = SelectWord(keys[i], i)) >= thr;
+    const unsigned ballot = __ballot_sync(0xffffffffu, take);
+    int base = 0;
+    if (lane == 0 && ballot != 0) base = atomicAdd(count, __popc(ballot));
+    base = __shfl_sync(0xffffffffu, base, 0);
+    const int at = base + __popc(ballot & ((1u << lane) - 1u));
+    if (take && at < cap) cand[at] = w;
+  }
+  Sync(bar, nthreads);
+  const int c = *count;
+  if (c > cap) {  // the same for every thread
+    BlockTopM(keys, n, m, out, scratch, cand_idx, tid, nthreads, bar, true);
+    return;
+  }
+  for (int j = tid; j < c; j += nthreads) {
+    const uint64_t w = cand[j];
+    int rank = 0;
+#pragma unroll 8
+    for (int e = 0; e < c; ++e) rank += cand[e] > w;
+    if (rank < m) out[rank] = static_cast<int>(~static_cast<uint32_t>(w));
+  }
+  Sync(bar, nthreads);
+}
+
 constexpr int kTopMTraceSlots = 256;
 __device__ TopMTraceRecord g_topm_trace[kTopMTraceSlots];
 __device__ unsigned int g_topm_trace_next;
@@ -179,7 +243,7 @@ __device__ unsigned int g_topm_trace_next;
 static __global__ void __launch_bounds__(kThreads)
     MemoryTopMKernel(TopMShape s, const float* scores, const float* cores, const float* core_u,
                      const float* core_v, const int64_t* shuffle, int64_t* rows, int32_t* groups,
-                     float* scores_out, int64_t* t_index, bool two_pass, bool trace) {
+                     float* scores_out, int64_t* t_index, int variant, bool trace) {
   unsigned long long clk[7];
   const bool tracing = trace && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0;
   if (tracing) clk[0] = clock64();
@@ -189,8 +253,15 @@ static __global__ void __launch_bounds__(kThreads)
   const int t = blockIdx.x, h = blockIdx.y;
   const int n = s.num_keys, r = s.rank, m = s.topk, hc = s.cores, mm = m * m;
   const int64_t nr = static_cast<int64_t>(n) * r;
-  extern __shared__ uint32_t smem[];
-  uint32_t* key_row = smem;                     // [n]
+  extern __shared__ uint64_t smem64[];
+  // The threshold select's words: the rows' 32 group maxima and candidates in [0, 2·kThreads),
+  // the columns' in [2·kThreads, 4·kThreads), the grid's candidates over both once those are done
+  // and its group maxima after them.
+  uint64_t* words = smem64;                     // [4·kThreads + 32]
+  unsigned long long* group_row = reinterpret_cast<unsigned long long*>(words);
+  unsigned long long* group_col = group_row + 2 * kThreads;
+  unsigned long long* group_g = group_row + 4 * kThreads;
+  uint32_t* key_row = reinterpret_cast<uint32_t*>(words + 4 * kThreads + 32);  // [n]
   uint32_t* key_col = key_row + n;              // [n]
   uint32_t* key_g = key_col + n;                // [m·m]
   float* g_core = reinterpret_cast<float*>(key_g + mm);  // [h][m·m]
@@ -203,11 +274,17 @@ static __global__ void __launch_bounds__(kThreads)
   int* scratch2 = cand2 + m;                    // [256 + 8]
   float* sv_row = reinterpret_cast<float*>(scratch2 + 256 + 8);  // [n·r] the row scores, then
   float* sv_col = sv_row + nr;                                   // [n·r] the column scores
+  float* core_s = sv_col + nr;                                   // [h·r·r] this head's cores
+  const bool threshold = variant == 2 && m <= 32;
+  const bool two_pass = variant != 0;
 
   const float* s_row = scores + ((static_cast<int64_t>(h) * 2 + 0) * s.tokens + t) * nr;
   const float* s_col = scores + ((static_cast<int64_t>(h) * 2 + 1) * s.tokens + t) * nr;
   const float* cu = core_u + h * r;
   const float* cv = core_v + h * r;
+  const float* cores_h = cores + static_cast<int64_t>(h) * hc * r * r;
+  for (int i = threadIdx.x; i < hc * r * r; i += kThreads) core_s[i] = cores_h[i];
+  if (threadIdx.x < 32) group_row[threadIdx.x] = group_col[threadIdx.x] = group_g[threadIdx.x] = 0;
   // Step 5: rank-1 proxies; the scores stay in shared memory for step 7.
   for (int i = threadIdx.x; i < n; i += kThreads) {
     float pr = 0.0f, pc = 0.0f;
@@ -225,7 +302,16 @@ static __global__ void __launch_bounds__(kThreads)
   if (tracing) clk[2] = clock64();
   // Step 6: rows on the first half of the block, columns on the second, at the same time.
   constexpr int kHalf = kThreads / 2;
-  if (threadIdx.x < kHalf) {
+  if (threshold) {
+    if (threadIdx.x < kHalf) {
+      BlockTopMThreshold(key_row, n, m, i_row, group_row, words + 32, 2 * kThreads - 32,
+                         scratch + 263, scratch, cand, threadIdx.x, kHalf, 1);
+    } else {
+      BlockTopMThreshold(key_col, n, m, i_col, group_col, words + 2 * kThreads + 32,
+                         2 * kThreads - 32, scratch2 + 263, scratch2, cand2, threadIdx.x - kHalf,
+                         kHalf, 2);
+    }
+  } else if (threadIdx.x < kHalf) {
     BlockTopM(key_row, n, m, i_row, scratch, cand, threadIdx.x, kHalf, 1, two_pass);
   } else {
     BlockTopM(key_col, n, m, i_col, scratch2, cand2, threadIdx.x - kHalf, kHalf, 2, two_pass);
@@ -239,7 +325,7 @@ static __global__ void __launch_bounds__(kThreads)
     const float* sc = sv_col + i_col[y] * r;
     float g = 0.0f;
     for (int c = 0; c < hc; ++c) {
-      const float* core = cores + (static_cast<int64_t>(h) * hc + c) * r * r;
+      const float* core = core_s + c * r * r;
       float gc = 0.0f;
       for (int b = 0; b < r; ++b) {
         float a_cb = 0.0f;
@@ -254,7 +340,12 @@ static __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   if (tracing) clk[4] = clock64();
   // Step 8, then step 9.
-  BlockTopM(key_g, mm, m, best, scratch, cand, threadIdx.x, kThreads, 0, two_pass);
+  if (threshold) {
+    BlockTopMThreshold(key_g, mm, m, best, group_g, words, 4 * kThreads, scratch + 263, scratch,
+                       cand, threadIdx.x, kThreads, 0);
+  } else {
+    BlockTopM(key_g, mm, m, best, scratch, cand, threadIdx.x, kThreads, 0, two_pass);
+  }
   if (tracing) clk[5] = clock64();
   const int K = s.heads * m;
   for (int k = threadIdx.x; k < m; k += kThreads) {
@@ -279,10 +370,13 @@ static __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// BlockTopM's two-digit variant: on unless UM_CUDA_TOPM_TWO_PASS=0 (or a test's override).
-static EnvKnob two_pass("UM_CUDA_TOPM_TWO_PASS", 1);
+// The select: UM_CUDA_TOPM=0 four radix digits, 1 two digits and the threshold bin ranked, 2 (the
+// default) the threshold select where m <= 32, else as 1.
+static EnvKnob select_variant("UM_CUDA_TOPM", 2);
 
-void SetTopMTwoPassForTesting(int enabled) { two_pass.Override(enabled); }
+void SetTopMVariantForTesting(int v) { select_variant.Override(v); }
+
+int TopMSelectGroupForTesting(int index) { return SelectGroup(index); }
 
 bool TopMTraceEnabled() {
   static const bool enabled = EnvInt("UM_CUDA_TOPM_TRACE", 0) != 0;
@@ -297,11 +391,11 @@ void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* 
                       cudaStream_t stream) {
   if (shape.tokens == 0) return;
   const int m = shape.topk, mm = m * m;
-  const size_t smem = sizeof(uint32_t) * (2 * shape.num_keys + mm) +
+  const size_t smem = sizeof(uint64_t) * (4 * kThreads + 32) + sizeof(uint32_t) * (2 * shape.num_keys + mm) +
                       sizeof(float) * shape.cores * mm + sizeof(int) * (5 * m + 2 * (256 + 8)) +
-                      sizeof(float) * 2 * shape.num_keys * shape.rank;
+                      sizeof(float) * (2 * shape.num_keys * shape.rank + shape.cores * shape.rank * shape.rank);
   LaunchKernel(MemoryTopMKernel, dim3(shape.tokens, shape.heads), dim3(kThreads), smem, stream,
-               shape, scores, cores, core_u, core_v, shuffle, rows, groups, scores_out, t_index, two_pass.Get() != 0,
+               shape, scores, cores, core_u, core_v, shuffle, rows, groups, scores_out, t_index, select_variant.Get(),
                TopMTraceEnabled());
 }
 

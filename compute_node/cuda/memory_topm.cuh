@@ -22,9 +22,12 @@ struct TopMShape {
 
 // scores: [H][2][tokens][n·r] fp32. cores: [H][h][r][r]; core_u, core_v: [H][r].
 // shuffle: [E·N]. Outputs [tokens·H·m] (scores_out ·h), k = head·m + rank.
-// BlockTopM's two-digit variant (UM_CUDA_TOPM_TWO_PASS, on by default): -1 the environment
-// decides, 0 off, 1 on.
-void SetTopMTwoPassForTesting(int enabled);
+// The select (UM_CUDA_TOPM): 0 a radix select over four 8-bit digits; 1 two digits, then the
+// threshold bin ranked directly; 2 (the default) where m <= 32, the keys above the least of 32
+// group maxima ranked against each other, else as 1. All three are exact. -1: the environment decides.
+void SetTopMVariantForTesting(int variant);
+// The threshold select's group of key `index` (0..31), for a test to build keys that defeat it.
+int TopMSelectGroupForTesting(int index);
 
 // UM_CUDA_TOPM_TRACE=1 (read once): block (0, 0) of every launch records the SM cycles of its
 // phases: the PDL wait, loading the scores and the rank-1 proxies (step 5), the row and column
