@@ -174,35 +174,59 @@ static __device__ void BlockTopM(const uint32_t* keys, int n, int m, int* out, i
 
 // The threshold select (UM_CUDA_TOPM=2, the default where m <= 32). Every key becomes a unique
 // 64-bit word, (order key << 32) | ~index, so "larger word" is exactly "ranks first" (higher
-// score, then lower index). The keys fall into 32 groups by a hash of their index; T, the least
-// of the groups' maxima, is at most the 32nd largest word, so the words >= T hold the top m.
-// Those candidates (about 130 of 1024 or 2048 keys, rarely 300, whatever order the values come
-// in: the hash, not the position, picks a key's group, so the grid's rows and columns sorted by
-// their proxies do not line up with the groups) are ranked against each other. Three barriers,
-// where the radix select meets at several per digit. More candidates than `cap` (adversarial
-// keys) fall back to the two-digit radix select.
-// group_max: 32 words, zero before a barrier the part passed before the call; cand: cap words;
-// count: one int.
+// score, then lower index). Lane L of the part reads keys PermuteIndex(i) for i = L, L + 32, ...
+// of the part's positions and keeps their largest word: 32 groups. T, the least of the groups'
+// maxima, is at most the 32nd largest word, so the words >= T hold the top m. The permutation,
+// not the position, picks a key's group, so keys in a structured order (the grid's rows and
+// columns come sorted by their proxies) do not line up with the groups: about 90–130 candidates
+// of 1024 or 2048 keys (rarely 300), ranked against each other. Three barriers, where the radix
+// select meets at several per digit. More candidates than `cap` (adversarial keys) fall back to
+// the two-digit radix select.
+// lane_max: nthreads words; cand: cap words; count: one int.
 static __device__ __forceinline__ uint64_t SelectWord(uint32_t key, int index) {
   return (static_cast<uint64_t>(key) << 32) | static_cast<uint32_t>(~index);
 }
-static __host__ __device__ __forceinline__ int SelectGroup(int index) {
-  uint32_t x = static_cast<uint32_t>(index) * 0x9E3779B1u;
-  x ^= x >> 15;
-  x *= 0x85EBCA77u;
-  return static_cast<int>(x >> 27);
+
+// A bijection of [0, n): a mixing bijection of [0, 2^bits) (odd multiplies, xor-shifts), walked
+// until it lands below n.
+static __host__ __device__ __forceinline__ int PermuteIndex(int i, int n, int bits) {
+  const uint32_t mask = (bits >= 32) ? ~0u : (1u << bits) - 1u, half = (bits + 1) / 2;
+  uint32_t x = static_cast<uint32_t>(i);
+  do {
+    x = (x * 0x9E3779B1u) & mask;
+    x ^= x >> half;
+    x = (x * 0x85EBCA77u) & mask;
+    x ^= x >> half;
+  } while (x >= static_cast<uint32_t>(n));
+  return static_cast<int>(x);
+}
+static __host__ __device__ __forceinline__ int PermuteBits(int n) {
+  int bits = 1;
+  while (bits < 31 && (1 << bits) < n) ++bits;
+  return bits;
 }
 
 static __device__ void BlockTopMThreshold(const uint32_t* keys, int n, int m, int* out,
-                                          unsigned long long* group_max, uint64_t* cand, int cap,
-                                          int* count, int* scratch, int* cand_idx, int tid,
-                                          int nthreads, int bar) {
+                                          uint64_t* lane_max, uint64_t* cand, int cap, int* count,
+                                          int* scratch, int* cand_idx, int tid, int nthreads,
+                                          int bar) {
   const int lane = tid & 31;
-  for (int i = tid; i < n; i += nthreads) atomicMax(&group_max[SelectGroup(i)], SelectWord(keys[i], i));
+  const int bits = PermuteBits(n);
+  uint64_t mx = 0;  // below every word: ~index is never 0
+  for (int i = tid; i < n; i += nthreads) {
+    const int e = PermuteIndex(i, n, bits);
+    const uint64_t w = SelectWord(keys[e], e);
+    mx = w > mx ? w : mx;
+  }
+  lane_max[tid] = mx;
   if (tid == 0) *count = 0;
   Sync(bar, nthreads);
-  // An empty group (n < 32 or a poor hash) stays zero, so every key is then a candidate.
-  uint64_t g = group_max[lane];
+  // An empty group (n < 32) stays zero, so every key is then a candidate.
+  uint64_t g = 0;
+  for (int w = 0; w < nthreads; w += 32) {
+    const uint64_t v = lane_max[w + lane];
+    g = v > g ? v : g;
+  }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     const uint64_t v = __shfl_xor_sync(0xffffffffu, g, o);
@@ -254,14 +278,11 @@ static __global__ void __launch_bounds__(kThreads)
   const int n = s.num_keys, r = s.rank, m = s.topk, hc = s.cores, mm = m * m;
   const int64_t nr = static_cast<int64_t>(n) * r;
   extern __shared__ uint64_t smem64[];
-  // The threshold select's words: the rows' 32 group maxima and candidates in [0, 2·kThreads),
-  // the columns' in [2·kThreads, 4·kThreads), the grid's candidates over both once those are done
-  // and its group maxima after them.
-  uint64_t* words = smem64;                     // [4·kThreads + 32]
-  unsigned long long* group_row = reinterpret_cast<unsigned long long*>(words);
-  unsigned long long* group_col = group_row + 2 * kThreads;
-  unsigned long long* group_g = group_row + 4 * kThreads;
-  uint32_t* key_row = reinterpret_cast<uint32_t*>(words + 4 * kThreads + 32);  // [n]
+  // The threshold select's words: the rows' lane maxima (kThreads / 2) and candidates in
+  // [0, 2·kThreads), the columns' in [2·kThreads, 4·kThreads), the grid's candidates over both
+  // once those are done and its lane maxima (kThreads) after them.
+  uint64_t* words = smem64;                     // [5·kThreads]
+  uint32_t* key_row = reinterpret_cast<uint32_t*>(words + 5 * kThreads);  // [n]
   uint32_t* key_col = key_row + n;              // [n]
   uint32_t* key_g = key_col + n;                // [m·m]
   float* g_core = reinterpret_cast<float*>(key_g + mm);  // [h][m·m]
@@ -284,7 +305,6 @@ static __global__ void __launch_bounds__(kThreads)
   const float* cv = core_v + h * r;
   const float* cores_h = cores + static_cast<int64_t>(h) * hc * r * r;
   for (int i = threadIdx.x; i < hc * r * r; i += kThreads) core_s[i] = cores_h[i];
-  if (threadIdx.x < 32) group_row[threadIdx.x] = group_col[threadIdx.x] = group_g[threadIdx.x] = 0;
   // Step 5: rank-1 proxies; the scores stay in shared memory for step 7.
   for (int i = threadIdx.x; i < n; i += kThreads) {
     float pr = 0.0f, pc = 0.0f;
@@ -304,11 +324,11 @@ static __global__ void __launch_bounds__(kThreads)
   constexpr int kHalf = kThreads / 2;
   if (threshold) {
     if (threadIdx.x < kHalf) {
-      BlockTopMThreshold(key_row, n, m, i_row, group_row, words + 32, 2 * kThreads - 32,
+      BlockTopMThreshold(key_row, n, m, i_row, words, words + kHalf, 2 * kThreads - kHalf,
                          scratch + 263, scratch, cand, threadIdx.x, kHalf, 1);
     } else {
-      BlockTopMThreshold(key_col, n, m, i_col, group_col, words + 2 * kThreads + 32,
-                         2 * kThreads - 32, scratch2 + 263, scratch2, cand2, threadIdx.x - kHalf,
+      BlockTopMThreshold(key_col, n, m, i_col, words + 2 * kThreads, words + 2 * kThreads + kHalf,
+                         2 * kThreads - kHalf, scratch2 + 263, scratch2, cand2, threadIdx.x - kHalf,
                          kHalf, 2);
     }
   } else if (threadIdx.x < kHalf) {
@@ -341,8 +361,8 @@ static __global__ void __launch_bounds__(kThreads)
   if (tracing) clk[4] = clock64();
   // Step 8, then step 9.
   if (threshold) {
-    BlockTopMThreshold(key_g, mm, m, best, group_g, words, 4 * kThreads, scratch + 263, scratch,
-                       cand, threadIdx.x, kThreads, 0);
+    BlockTopMThreshold(key_g, mm, m, best, words + 4 * kThreads, words, 4 * kThreads, scratch + 263,
+                       scratch, cand, threadIdx.x, kThreads, 0);
   } else {
     BlockTopM(key_g, mm, m, best, scratch, cand, threadIdx.x, kThreads, 0, two_pass);
   }
@@ -376,7 +396,12 @@ static EnvKnob select_variant("UM_CUDA_TOPM", 2);
 
 void SetTopMVariantForTesting(int v) { select_variant.Override(v); }
 
-int TopMSelectGroupForTesting(int index) { return SelectGroup(index); }
+std::vector<int> TopMThresholdGroupsForTesting(int n, int nthreads) {
+  std::vector<int> group(n);
+  const int bits = PermuteBits(n);
+  for (int i = 0; i < n; ++i) group[PermuteIndex(i, n, bits)] = (i % nthreads) % 32;
+  return group;
+}
 
 bool TopMTraceEnabled() {
   static const bool enabled = EnvInt("UM_CUDA_TOPM_TRACE", 0) != 0;
@@ -391,7 +416,7 @@ void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* 
                       cudaStream_t stream) {
   if (shape.tokens == 0) return;
   const int m = shape.topk, mm = m * m;
-  const size_t smem = sizeof(uint64_t) * (4 * kThreads + 32) + sizeof(uint32_t) * (2 * shape.num_keys + mm) +
+  const size_t smem = sizeof(uint64_t) * 5 * kThreads + sizeof(uint32_t) * (2 * shape.num_keys + mm) +
                       sizeof(float) * shape.cores * mm + sizeof(int) * (5 * m + 2 * (256 + 8)) +
                       sizeof(float) * (2 * shape.num_keys * shape.rank + shape.cores * shape.rank * shape.rank);
   LaunchKernel(MemoryTopMKernel, dim3(shape.tokens, shape.heads), dim3(kThreads), smem, stream,

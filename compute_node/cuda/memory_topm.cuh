@@ -24,10 +24,11 @@ struct TopMShape {
 // shuffle: [E·N]. Outputs [tokens·H·m] (scores_out ·h), k = head·m + rank.
 // The select (UM_CUDA_TOPM): 0 a radix select over four 8-bit digits; 1 two digits, then the
 // threshold bin ranked directly; 2 (the default) where m <= 32, the keys above the least of 32
-// group maxima ranked against each other, else as 1. All three are exact. -1: the environment decides.
+// (permuted) groups' maxima ranked against each other, else as 1. All three are exact. -1: the environment decides.
 void SetTopMVariantForTesting(int variant);
-// The threshold select's group of key `index` (0..31), for a test to build keys that defeat it.
-int TopMSelectGroupForTesting(int index);
+// The threshold select's group (0..31) of each of n keys selected by `nthreads` threads (256 for
+// the rows and columns, 512 for the grid), for a test to build keys that defeat it.
+std::vector<int> TopMThresholdGroupsForTesting(int n, int nthreads);
 
 // UM_CUDA_TOPM_TRACE=1 (read once): block (0, 0) of every launch records the SM cycles of its
 // phases: the PDL wait, loading the scores and the rank-1 proxies (step 5), the row and column
