@@ -625,7 +625,10 @@ void RunSelect(const SelectCase& c) {
 TEST(CudaOps, MemorySelectMatchesCpuBenchShape) {
   SKIP_WITHOUT_GPU();
   // The bench layer's shape with knum 1024 (n = 2048), Dk 256, H 2, m 32, r 2, h 2.
-  RunSelect({200, 1024, 4, 256, 2, 32, 2, 2, false});
+  // 512 tokens: the split-bf16 key scores and the CPU's fp32 sums round differently and flip a
+  // near tie in about one token of 500-2000 (H200, 2026-12-04: 3 of 200 once, then 1 of 1600 over
+  // eight runs); at 200 tokens the 99% bound allowed only two flips.
+  RunSelect({512, 1024, 4, 256, 2, 32, 2, 2, false});
   RunSelect({5, 1024, 4, 256, 2, 32, 2, 2, false});  // the decode-step (few tokens) score kernel
   RunSelect({1, 1024, 4, 256, 2, 32, 2, 2, false});  // one token: the staged GEMV's key scores
 }
