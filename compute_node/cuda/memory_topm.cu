@@ -260,6 +260,19 @@ static __device__ void BlockTopMThreshold(const uint32_t* keys, int n, int m, in
   Sync(bar, nthreads);
 }
 
+// Step 7 for one core: G_c[x, y] = S_row[I_row[x]] · core_c · S_col[I_col[y]]ᵀ (sr, sc: the
+// row's and the column's r scores; core: r × r). One function for the ranking and the outputs, so
+// both compute the same bits.
+static __device__ __forceinline__ float GridCoreScore(const float* sr, const float* sc, const float* core, int r) {
+  float gc = 0.0f;
+  for (int b = 0; b < r; ++b) {
+    float a_cb = 0.0f;
+    for (int a = 0; a < r; ++a) a_cb += sr[a] * core[a * r + b];
+    gc += a_cb * sc[b];
+  }
+  return gc;
+}
+
 constexpr int kTopMTraceSlots = 256;
 __device__ TopMTraceRecord g_topm_trace[kTopMTraceSlots];
 __device__ unsigned int g_topm_trace_next;
@@ -285,17 +298,16 @@ static __global__ void __launch_bounds__(kThreads)
   uint32_t* key_row = reinterpret_cast<uint32_t*>(words + 5 * kThreads);  // [n]
   uint32_t* key_col = key_row + n;              // [n]
   uint32_t* key_g = key_col + n;                // [m·m]
-  float* g_core = reinterpret_cast<float*>(key_g + mm);  // [h][m·m]
-  int* i_row = reinterpret_cast<int*>(g_core + hc * mm);  // [m]
+  int* i_row = reinterpret_cast<int*>(key_g + mm);  // [m]
   int* i_col = i_row + m;                       // [m]
   int* best = i_col + m;                        // [m]
   int* cand = best + m;                         // [m]
   int* scratch = cand + m;                      // [256 + 8]
   int* cand2 = scratch + 256 + 8;               // [m]     the column selection's own
   int* scratch2 = cand2 + m;                    // [256 + 8]
-  float* sv_row = reinterpret_cast<float*>(scratch2 + 256 + 8);  // [n·r] the row scores, then
-  float* sv_col = sv_row + nr;                                   // [n·r] the column scores
-  float* core_s = sv_col + nr;                                   // [h·r·r] this head's cores
+  float* sel_row = reinterpret_cast<float*>(scratch2 + 256 + 8);  // [m·r] the selected rows' scores
+  float* sel_col = sel_row + m * r;                               // [m·r] the selected columns'
+  float* core_s = sel_col + m * r;                                // [h·r·r] this head's cores
   const bool threshold = variant == 2 && m <= 32;
   const bool two_pass = variant != 0;
 
@@ -305,15 +317,14 @@ static __global__ void __launch_bounds__(kThreads)
   const float* cv = core_v + h * r;
   const float* cores_h = cores + static_cast<int64_t>(h) * hc * r * r;
   for (int i = threadIdx.x; i < hc * r * r; i += kThreads) core_s[i] = cores_h[i];
-  // Step 5: rank-1 proxies; the scores stay in shared memory for step 7.
+  // Step 5: rank-1 proxies. Only the selected rows' and columns' scores are kept for step 7 (read
+  // again after step 6, from L2), so the block's shared memory stays small enough (~43 KB at the
+  // bench shape, was ~75) to find room beside the main stream's staged blocks.
   for (int i = threadIdx.x; i < n; i += kThreads) {
     float pr = 0.0f, pc = 0.0f;
     for (int a = 0; a < r; ++a) {
-      const float vr = s_row[static_cast<int64_t>(i) * r + a], vc = s_col[static_cast<int64_t>(i) * r + a];
-      sv_row[i * r + a] = vr;
-      sv_col[i * r + a] = vc;
-      pr += vr * cu[a];
-      pc += vc * cv[a];
+      pr += s_row[static_cast<int64_t>(i) * r + a] * cu[a];
+      pc += s_col[static_cast<int64_t>(i) * r + a] * cv[a];
     }
     key_row[i] = OrderKey(pr);
     key_col[i] = OrderKey(pc);
@@ -336,25 +347,19 @@ static __global__ void __launch_bounds__(kThreads)
   } else {
     BlockTopM(key_col, n, m, i_col, scratch2, cand2, threadIdx.x - kHalf, kHalf, 2, two_pass);
   }
+  // Each half's selection is complete behind its barrier: it fetches its rows' scores.
+  if (threadIdx.x < kHalf) {
+    for (int j = threadIdx.x; j < m * r; j += kHalf) sel_row[j] = s_row[static_cast<int64_t>(i_row[j / r]) * r + j % r];
+  } else {
+    for (int j = threadIdx.x - kHalf; j < m * r; j += kHalf) sel_col[j] = s_col[static_cast<int64_t>(i_col[j / r]) * r + j % r];
+  }
   __syncthreads();
   if (tracing) clk[3] = clock64();
   // Step 7: G_c[x, y] = S_row[I_row[x]] · core_c · S_col[I_col[y]]ᵀ, G = Σ_c G_c.
   for (int e = threadIdx.x; e < mm; e += kThreads) {
     const int x = e / m, y = e - x * m;
-    const float* sr = sv_row + i_row[x] * r;
-    const float* sc = sv_col + i_col[y] * r;
     float g = 0.0f;
-    for (int c = 0; c < hc; ++c) {
-      const float* core = core_s + c * r * r;
-      float gc = 0.0f;
-      for (int b = 0; b < r; ++b) {
-        float a_cb = 0.0f;
-        for (int a = 0; a < r; ++a) a_cb += sr[a] * core[a * r + b];
-        gc += a_cb * sc[b];
-      }
-      g_core[c * mm + e] = gc;
-      g += gc;
-    }
+    for (int c = 0; c < hc; ++c) g += GridCoreScore(sel_row + x * r, sel_col + y * r, core_s + c * r * r, r);
     key_g[e] = OrderKey(g);
   }
   __syncthreads();
@@ -370,13 +375,17 @@ static __global__ void __launch_bounds__(kThreads)
   const int K = s.heads * m;
   for (int k = threadIdx.x; k < m; k += kThreads) {
     const int j = best[k];
-    const int64_t virt = static_cast<int64_t>(i_row[j / m]) * n + i_col[j % m];
+    const int64_t virt = static_cast<int64_t>(i_row[j / m]) * n + i_col[j % m];  // step 9
     const int64_t tv = shuffle[virt];
     const int64_t sel = static_cast<int64_t>(t) * K + h * m + k;
     t_index[sel] = tv;
     rows[sel] = tv % s.num_rows;
     groups[sel] = static_cast<int32_t>(tv / s.num_rows);
-    for (int c = 0; c < hc; ++c) scores_out[sel * hc + c] = g_core[c * mm + j];
+    // G_c again, by the same code, for the outputs: equal to the bit to what ranked them.
+    const int x = j / m, y = j % m;
+    for (int c = 0; c < hc; ++c) {
+      scores_out[sel * hc + c] = GridCoreScore(sel_row + x * r, sel_col + y * r, core_s + c * r * r, r);
+    }
   }
   if (trace && blockIdx.x == 0 && blockIdx.y == 0) {
     __syncthreads();  // the block's outputs are written
@@ -417,8 +426,8 @@ void LaunchMemoryTopM(const TopMShape& shape, const float* scores, const float* 
   if (shape.tokens == 0) return;
   const int m = shape.topk, mm = m * m;
   const size_t smem = sizeof(uint64_t) * 5 * kThreads + sizeof(uint32_t) * (2 * shape.num_keys + mm) +
-                      sizeof(float) * shape.cores * mm + sizeof(int) * (5 * m + 2 * (256 + 8)) +
-                      sizeof(float) * (2 * shape.num_keys * shape.rank + shape.cores * shape.rank * shape.rank);
+                      sizeof(int) * (5 * m + 2 * (256 + 8)) +
+                      sizeof(float) * (2 * m * shape.rank + shape.cores * shape.rank * shape.rank);
   LaunchKernel(MemoryTopMKernel, dim3(shape.tokens, shape.heads), dim3(kThreads), smem, stream,
                shape, scores, cores, core_u, core_v, shuffle, rows, groups, scores_out, t_index, select_variant.Get(),
                TopMTraceEnabled());
