@@ -41,7 +41,11 @@ static __global__ void __launch_bounds__(kThreads)
 // [g0·8, g1·8) (a decode step's few tokens get several blocks each); its threads form S slices,
 // each covering every 8-column group of the range with one 16-byte load; slice s pools selections
 // s, s+S, ... with 8 row loads in flight, into its own shared accumulator; the slices are summed
-// at the end.
+// at the end. A slice's accumulator is [E][8][groups]: column 8·gl + i of group g at
+// (g·8 + i)·groups + gl, so that a warp's threads (consecutive gl) hit consecutive banks (with
+// each thread's 8 columns side by side, every access was an 8-way bank conflict); slices lie
+// slab + groups floats apart, so that the slices sharing a warp (few groups) do not fold onto the
+// same banks either.
 static constexpr int kVecThreads = 256;
 static constexpr int kSmemFloats = 12288;  // 48 KB
 
@@ -51,21 +55,21 @@ static __global__ void __launch_bounds__(kVecThreads)
                         int groups_per_block, int slices, __nv_bfloat16* y) {
   GridDependencyWait();
   AllowDependents();
-  extern __shared__ float acc[];  // [slices][E][groups_per_block·8]
+  extern __shared__ float acc[];  // [slices][E][8][groups_per_block], slices `stride` apart
   const int t = blockIdx.x;
   const int cols8 = value_dim / 8;
   const int g0 = blockIdx.y * groups_per_block;
   const int cw = min(cols8, g0 + groups_per_block) - g0;  // 8-column groups in this block
   const int width = groups_per_block * 8;
   const int chunk = value_dim / cores;
-  const int slab = expand * width;
-  for (int e = threadIdx.x; e < slices * slab; e += kVecThreads) acc[e] = 0.0f;
+  const int stride = expand * width + groups_per_block;
+  for (int e = threadIdx.x; e < slices * stride; e += kVecThreads) acc[e] = 0.0f;
   __syncthreads();
   const int s = threadIdx.x / groups_per_block, gl = threadIdx.x % groups_per_block;
   const int c8 = (g0 + gl) * 8;
   const int64_t base = static_cast<int64_t>(t) * selections;
   if (s < slices && gl < cw) {
-    float* my = acc + s * slab + gl * 8;
+    float* my = acc + s * stride + gl;
     const int core = c8 / chunk;
     for (int k0 = s; k0 < selections; k0 += 8 * slices) {
       uint4 raw[8];
@@ -86,8 +90,8 @@ static __global__ void __launch_bounds__(kVecThreads)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const float2 f = __bfloat1622float2(p[i]);
-          a[2 * i] += w * f.x;
-          a[2 * i + 1] += w * f.y;
+          a[(2 * i) * groups_per_block] += w * f.x;
+          a[(2 * i + 1) * groups_per_block] += w * f.y;
         }
       }
     }
@@ -96,8 +100,9 @@ static __global__ void __launch_bounds__(kVecThreads)
   __nv_bfloat16* out = y + static_cast<int64_t>(t) * expand * value_dim;
   for (int e = threadIdx.x; e < expand * cw * 8; e += kVecThreads) {
     const int g = e / (cw * 8), c = e - g * (cw * 8);
+    const int at = g * width + (c % 8) * groups_per_block + c / 8;
     float sum = 0.0f;
-    for (int q = 0; q < slices; ++q) sum += acc[q * slab + g * width + c];
+    for (int q = 0; q < slices; ++q) sum += acc[q * stride + at];
     out[g * value_dim + g0 * 8 + c] = __float2bfloat16(sum);
   }
 }
@@ -125,10 +130,11 @@ void LaunchDevicePool(const __nv_bfloat16* values, const int64_t* rows, const in
     // 64, 128-column blocks 726.7 -> 718.4).
     const int groups_per_block = tokens < 8 ? std::min(cols8, 4) : tokens < SmCount() ? std::min(cols8, 16) : cols8;
     const int col_blocks = (cols8 + groups_per_block - 1) / groups_per_block;
-    int slices = std::min(kVecThreads / groups_per_block, kSmemFloats / (expand * groups_per_block * 8));
+    const int stride = expand * groups_per_block * 8 + groups_per_block;  // floats a slice
+    int slices = std::min(kVecThreads / groups_per_block, kSmemFloats / stride);
     slices = std::max(1, std::min(slices, selections));
     LaunchKernel(DevicePoolVecKernel, dim3(tokens, col_blocks), dim3(kVecThreads),
-                 sizeof(float) * slices * expand * groups_per_block * 8, stream, values, rows,
+                 sizeof(float) * slices * stride, stream, values, rows,
                  groups, scores, selections, expand, value_dim, cores, groups_per_block, slices, y);
     return;
   }

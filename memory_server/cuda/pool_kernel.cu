@@ -1,6 +1,8 @@
 // Implementation of pool_kernel.cuh. One block per token; each thread owns 8 consecutive columns
 // (one 16-byte load per selected row), keeps 4 row loads in flight, and accumulates per group in
-// shared memory (threads own disjoint columns: no atomics). For a few tokens the block is split
+// shared memory (threads own disjoint columns: no atomics), laid out [E][8][width / 8] so that a
+// warp's threads hit consecutive banks (each thread's 8 columns side by side made every
+// accumulation an 8-way bank conflict). For a few tokens the block is split
 // into up to 4 slices over the token's selections (partial sums added at the end), otherwise
 // selections are visited in order, as common/pooling.h's CPU kernel visits them. Chunk weights are
 // constant over a thread's 8 columns when the chunk width and the first column are multiples of 8;
@@ -39,9 +41,9 @@ __device__ __forceinline__ void TokenRange(const PoolLaunch& p, int t, int64_t* 
 // selections into its own accumulators; the slices are summed at the end (in slice order). More
 // slices put more loads in flight for a few tokens (latency-bound), at the cost of shared memory.
 __global__ void __launch_bounds__(kMaxThreads) PoolVec8Kernel(const PoolLaunch p, int slices) {
-  extern __shared__ float acc[];  // [slices][E][width]
+  extern __shared__ float acc[];  // [slices][E][8][width / 8]
   const int t = blockIdx.x;
-  const int n = p.expand * p.width;
+  const int n = p.expand * p.width, vecs = p.width / 8;
   for (int e = threadIdx.x; e < slices * n; e += blockDim.x) acc[e] = 0.0f;
   __syncthreads();
   int64_t token_begin, token_end;
@@ -69,29 +71,31 @@ __global__ void __launch_bounds__(kMaxThreads) PoolVec8Kernel(const PoolLaunch p
       for (int u = 0; u < 4; ++u) {
         if (slot[u] < 0) continue;
         const float w = p.scores[(k + u) * p.cores + core];
-        float* a = my_acc + p.groups[k + u] * p.width + c8;
+        float* a = my_acc + p.groups[k + u] * p.width + c8 / 8;
         float f[8];
         Bf16x8ToFloat(raw[u], f);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) a[i] += w * f[i];
+        for (int i = 0; i < 8; ++i) a[i * vecs] += w * f[i];
       }
     }
     for (; k < end; ++k) {
       const int64_t slot = p.slots[k];
       if (slot < 0) continue;
       const float w = p.scores[k * p.cores + core];
-      float* a = my_acc + p.groups[k] * p.width + c8;
+      float* a = my_acc + p.groups[k] * p.width + c8 / 8;
       float f[8];
       Bf16x8ToFloat(*reinterpret_cast<const uint4*>(Row(p, slot) + c8), f);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) a[i] += w * f[i];
+      for (int i = 0; i < 8; ++i) a[i * vecs] += w * f[i];
     }
   }
   __syncthreads();
   float* y = p.out + static_cast<int64_t>(t) * n;
   for (int e = threadIdx.x; e < n; e += blockDim.x) {
-    float sum = acc[e];
-    for (int s = 1; s < slices; ++s) sum += acc[s * n + e];
+    const int g = e / p.width, c = e - g * p.width;
+    const int at = g * p.width + (c % 8) * vecs + c / 8;
+    float sum = acc[at];
+    for (int s = 1; s < slices; ++s) sum += acc[s * n + at];
     y[e] = sum;
   }
 }
