@@ -318,8 +318,8 @@ static __global__ void __launch_bounds__(kThreads)
   const float* cores_h = cores + static_cast<int64_t>(h) * hc * r * r;
   for (int i = threadIdx.x; i < hc * r * r; i += kThreads) core_s[i] = cores_h[i];
   // Step 5: rank-1 proxies. Only the selected rows' and columns' scores are kept for step 7 (read
-  // again after step 6, from L2), so the block's shared memory stays small enough (~43 KB at the
-  // bench shape, was ~75) to find room beside the main stream's staged blocks.
+  // again after step 6, from L2), so the block's shared memory does not grow with n·r (~44 KB at
+  // the bench shape, was ~75; the step time did not change with it).
   for (int i = threadIdx.x; i < n; i += kThreads) {
     float pr = 0.0f, pc = 0.0f;
     for (int a = 0; a < r; ++a) {

@@ -24,7 +24,8 @@ struct TopMShape {
 // shuffle: [E·N]. Outputs [tokens·H·m] (scores_out ·h), k = head·m + rank.
 // The select (UM_CUDA_TOPM): 0 a radix select over four 8-bit digits; 1 two digits, then the
 // threshold bin ranked directly; 2 (the default) where m <= 32, the keys above the least of 32
-// (permuted) groups' maxima ranked against each other, else as 1. All three are exact. -1: the environment decides.
+// (permuted) groups' maxima ranked against each other, else as 1. All three are exact. -1: the
+// environment decides.
 void SetTopMVariantForTesting(int variant);
 // The threshold select's group (0..31) of each of n keys selected by `nthreads` threads (256 for
 // the rows and columns, 512 for the grid), for a test to build keys that defeat it.
