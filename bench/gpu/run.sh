@@ -16,7 +16,8 @@
 # declared synthetic: no 4 GB checkpoint to write, but the PyTorch reference cannot read them),
 # NOPDL_BATCHES=1,64 (the bench again with programmatic dependent launch off; empty to skip),
 # DK_BATCHES=1,8 (again with the experimental persistent decode kernel, UM_CUDA_DECODE_KERNEL=1),
-# NCU_BATCHES="1 64", ABLATE_OPS="memory attention gate_up ..." (UM_CUDA_ABLATE names, batch 1).
+# NCU_BATCHES="1 64", ABLATE_OPS="memory attention gate_up ..." (UM_CUDA_ABLATE names, batch 1),
+# TIMELINE_BATCHES=1,64 (a per-kernel timeline of one replayed step from CUPTI, in cuda_bench.log).
 # When the engine tests fail, they are retried with the tensor-core skinny
 # kernel off (UM_CUDA_MMA=0), then PDL off too, and the bench runs as the passing retry did.
 set -uo pipefail
@@ -67,7 +68,8 @@ synth=()
 du -sh "$CKPT"
 
 stamp "CUDA engine decode bench (PDL on)"
-timeout 150 "$BIN/ultramem-cuda-bench" --model "$CKPT" --batches "$BATCHES" --context 512 2>&1 | tee "$OUT/cuda_bench.log"
+timeout 150 "$BIN/ultramem-cuda-bench" --model "$CKPT" --batches "$BATCHES" --context 512 \
+  ${TIMELINE_BATCHES:+--timeline_batches "$TIMELINE_BATCHES"} 2>&1 | tee "$OUT/cuda_bench.log"
 if [[ -n $DK_BATCHES ]]; then
   stamp "CUDA engine decode bench, persistent decode kernel on (UM_CUDA_DECODE_KERNEL=1, an experiment)"
   UM_CUDA_DECODE_KERNEL=1 timeout 100 "$BIN/ultramem-cuda-bench" --model "$CKPT" --batches "$DK_BATCHES" --context 512 2>&1 | tee "$OUT/cuda_bench_dk.log" | grep -v JSON

@@ -4,7 +4,7 @@
 // device copy bandwidth measured in the same run. Prints a table and one JSON line per batch.
 //
 //   ultramem-cuda-bench --model DIR [--batches 1,16,64,256] [--context 512] [--iters 50]
-//                       [--chain_kernels 60]
+//                       [--chain_kernels 60] [--timeline_batches 1,64]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -14,8 +14,10 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/algorithm/container.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/status.h"
 #include "common/tool_main.h"
@@ -24,12 +26,16 @@
 #include "compute_node/cuda/gemv.cuh"
 #include "compute_node/cuda/launch.cuh"
 #include "compute_node/cuda/memory_topm.cuh"
+#include "compute_node/cuda/tools/kernel_timeline.h"
 #include "compute_node/model_runtime.h"
 
 ABSL_FLAG(std::string, model, "", "model directory");
 ABSL_FLAG(std::string, batches, "1,16,64,256", "batch sizes");
 ABSL_FLAG(int, context, 512, "tokens already in each sequence's KV cache before the timed step");
 ABSL_FLAG(int, iters, 50, "timed replays per measurement");
+ABSL_FLAG(std::string, timeline_batches, "",
+          "batch sizes (of --batches) after whose timing one more graph replay runs under CUPTI and its "
+          "per-kernel timeline is printed (start, end, stream, name)");
 ABSL_FLAG(int, chain_kernels, 60,
           "also time a graph of this many dependent no-op kernels, and the dense products alone (0: skip)");
 
@@ -104,6 +110,12 @@ absl::Status Run() {
   }
   const int ctx = absl::GetFlag(FLAGS_context), iters = absl::GetFlag(FLAGS_iters);
   const int max_batch = *std::max_element(batches.begin(), batches.end());
+  std::vector<int> timeline_batches;
+  for (auto piece : absl::StrSplit(absl::GetFlag(FLAGS_timeline_batches), ',', absl::SkipEmpty())) {
+    int b;
+    if (!absl::SimpleAtoi(piece, &b)) return absl::InvalidArgumentError(absl::StrCat("--timeline_batches: not a number: ", piece));
+    timeline_batches.push_back(b);
+  }
   UM_ASSIGN_OR_RETURN(double copy_bw, CudaCopyBandwidth(size_t{2} << 30));
   if (const int n = absl::GetFlag(FLAGS_chain_kernels); n > 0) {
     // The per-kernel latency floor of a dependent chain (what a batch-1 step is made of), and the
@@ -164,6 +176,23 @@ absl::Status Run() {
     UM_ASSIGN_OR_RETURN(double eager_us, CudaReplayLastStepMicros(rt->engine.get(), iters, false));
     if (B == 1 && cuda::GemvTraceEnabled()) PrintGemvTrace(rt->engine.get());
     if (cuda::TopMTraceEnabled()) PrintTopMTrace(rt->engine.get());
+    if (absl::c_linear_search(timeline_batches, B)) {
+      // Four replays back to back (three warm-up, one timed); the last, from its embedding kernel
+      // on, follows a step as in the timings above.
+      auto spans = cuda::RecordKernelTimeline(
+          [&] { return CudaReplayLastStepMicros(rt->engine.get(), 1, true).status(); });
+      if (!spans.ok()) {
+        std::printf("timeline (batch %d): %s\n", B, std::string(spans.status().message()).c_str());
+      } else {
+        size_t first = 0;
+        for (size_t i = 0; i < spans->size(); ++i) {
+          if ((*spans)[i].name.rfind("EmbedKernel", 0) == 0) first = i;
+        }
+        std::vector<cuda::KernelSpan> last(spans->begin() + static_cast<std::ptrdiff_t>(first), spans->end());
+        std::printf("timeline of one graph replay at batch %d (the last of four; CUPTI):\n%s", B,
+                    cuda::FormatKernelTimeline(last).c_str());
+      }
+    }
     const int64_t ctx_now = seqs[0]->length();
     const int64_t kv_bytes = int64_t{B} * cfg.num_layers * 2 * ctx_now * cfg.num_key_value_heads *
                              cfg.head_dim * 2;
