@@ -351,6 +351,11 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
     if (skinny) {
       GemvArgs qkv = NormedGemv(T, qkv_width, bw.wqkv.get(), bw.attn_norm.get());
       qkv.y = qkv_.get();
+      // UM_CUDA_FIRST_PRODUCT_PDL=0 (a measuring knob): the step's first product waits for the
+      // embedding to finish instead of launching beside it. The H200 timeline shows a 10 us hole
+      // between the two at batch 1 (RESULTS, "A per-kernel timeline"); not yet run on a GPU.
+      static EnvKnob first_product_pdl("UM_CUDA_FIRST_PRODUCT_PDL", 1);
+      ScopedPdl first(b == 0 && first_product_pdl.Get() == 0 ? false : PdlActive());
       if (!Ablated("qkv")) LaunchGemv(qkv, main_);
     } else {
       LaunchRmsNorm(x_.get(), bw.attn_norm.get(), T, D, cfg_.rms_norm_eps, nullptr, xn_.get(),
