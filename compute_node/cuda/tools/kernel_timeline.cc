@@ -17,10 +17,8 @@
 #endif
 
 namespace ultramem::cuda {
-namespace {
 
-// "void ultramem::cuda::(anonymous namespace)::Foo<64, 4>(Args)" -> "Foo<64, 4>".
-std::string ShortName(const char* mangled) {
+std::string KernelShortName(const char* mangled) {
   if (mangled == nullptr) return "?";
   int status = 0;
   char* d = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
@@ -40,6 +38,8 @@ std::string ShortName(const char* mangled) {
   return s;
 }
 
+namespace {
+
 #if defined(UM_HAVE_CUPTI)
 std::mutex g_mu;
 std::vector<KernelSpan>* g_spans = nullptr;
@@ -56,7 +56,7 @@ void CUPTIAPI BufferCompleted(CUcontext, uint32_t, uint8_t* buffer, size_t, size
   while (cuptiActivityGetNextRecord(buffer, valid, &record) == CUPTI_SUCCESS) {
     if (record->kind != CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL && record->kind != CUPTI_ACTIVITY_KIND_KERNEL) continue;
     const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(record);
-    if (g_spans != nullptr) g_spans->push_back({k->start, k->end, k->streamId, ShortName(k->name)});
+    if (g_spans != nullptr) g_spans->push_back({k->start, k->end, k->streamId, KernelShortName(k->name)});
   }
   std::free(buffer);
 }

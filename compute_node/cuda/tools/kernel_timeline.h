@@ -25,6 +25,10 @@ bool KernelTimelineAvailable();
 // kernel `work` launched, ordered by start. UNIMPLEMENTED without CUPTI.
 absl::StatusOr<std::vector<KernelSpan>> RecordKernelTimeline(const std::function<absl::Status()>& work);
 
+// "void ultramem::cuda::(anonymous namespace)::Foo<64, 4>(Args)" from its mangled name -> "Foo<64, 4>";
+// names that do not demangle (cuBLAS's kernels) as they are.
+std::string KernelShortName(const char* mangled);
+
 // The spans as a table: start and end in µs after the first kernel's start, duration, a stream
 // index (0 = the first stream seen), name.
 std::string FormatKernelTimeline(const std::vector<KernelSpan>& spans);
