@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/flags/flag.h"
 #include "absl/algorithm/container.h"
+#include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -113,7 +113,9 @@ absl::Status Run() {
   std::vector<int> timeline_batches;
   for (auto piece : absl::StrSplit(absl::GetFlag(FLAGS_timeline_batches), ',', absl::SkipEmpty())) {
     int b;
-    if (!absl::SimpleAtoi(piece, &b)) return absl::InvalidArgumentError(absl::StrCat("--timeline_batches: not a number: ", piece));
+    if (!absl::SimpleAtoi(piece, &b)) {
+      return absl::InvalidArgumentError(absl::StrCat("--timeline_batches: not a number: ", piece));
+    }
     timeline_batches.push_back(b);
   }
   UM_ASSIGN_OR_RETURN(double copy_bw, CudaCopyBandwidth(size_t{2} << 30));
