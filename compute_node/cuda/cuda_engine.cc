@@ -419,7 +419,7 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
     if (skinny || mma) Mark("gate_up", main_);
     CUDA_CHECK(cudaGetLastError());
     for (int j = first_reader; j >= 0 && j < J; ++j) {
-      if (mem_layers_[j].input_block == b && !MemoryLayerAblated(j)) UM_RETURN_IF_ERROR(ForkMemoryLayer(j, T, &pending));
+      if (mem_layers_[j].input_block == b && !AblatedForLayer("memory", j)) UM_RETURN_IF_ERROR(ForkMemoryLayer(j, T, &pending));
     }
 
     if (!Ablated("down")) {
@@ -429,7 +429,7 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
 
     for (int j = 0; j < J && status.ok(); ++j) {
       DeviceMemoryLayer& d = mem_layers_[j];
-      if (d.output_block != b || MemoryLayerAblated(j)) continue;
+      if (d.output_block != b || AblatedForLayer("memory", j)) continue;
       if (!(device_pool_ && Ablated("mem.join"))) status = JoinMemoryLayer(j, T, &pending);
       if (!status.ok()) break;
       Mark("memory_join_wait", main_);
@@ -447,7 +447,7 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
   UM_RETURN_IF_ERROR(status);
   if (device_pool_ && Ablated("mem.join")) {
     for (int j = 0; j < J; ++j) {
-      if (!MemoryLayerAblated(j)) UM_RETURN_IF_ERROR(JoinMemoryLayer(j, T, &pending));
+      if (!AblatedForLayer("memory", j)) UM_RETURN_IF_ERROR(JoinMemoryLayer(j, T, &pending));
     }
   }
   return EnqueueLogits(R);
@@ -456,7 +456,7 @@ absl::Status CudaEngine::Enqueue(int T, int R, bool decode) {
 absl::Status CudaEngine::ForkMemoryLayer(int j, int T,
                                          std::vector<std::unique_ptr<PendingPool>>* pending) {
   DeviceMemoryLayer& d = mem_layers_[j];
-  if (device_pool_ && MemoryOverlapAblated(j)) return EnqueueMemoryQuery(j, T, main_, blas_main_);
+  if (device_pool_ && AblatedForLayer("mem.overlap", j)) return EnqueueMemoryQuery(j, T, main_, blas_main_);
   if (device_pool_) {
     CUDA_CHECK(cudaEventRecord(d.fork, main_));
     CUDA_CHECK(cudaStreamWaitEvent(mem_, d.fork, 0));
@@ -498,7 +498,7 @@ absl::Status CudaEngine::ForkMemoryLayer(int j, int T,
 absl::Status CudaEngine::JoinMemoryLayer(int j, int T,
                                          std::vector<std::unique_ptr<PendingPool>>* pending) {
   DeviceMemoryLayer& d = mem_layers_[j];
-  if (device_pool_ && MemoryOverlapAblated(j)) return absl::OkStatus();
+  if (device_pool_ && AblatedForLayer("mem.overlap", j)) return absl::OkStatus();
   if (device_pool_) {
     CUDA_CHECK(cudaStreamWaitEvent(main_, d.join, 0));
     return absl::OkStatus();

@@ -156,8 +156,8 @@ class CudaEngine : public Engine {
   // critical path) and "mem.overlap" (each chain runs on the main stream: its length with
   // nothing beside it; "mem.overlap.J" layer J's alone).
   static bool Ablated(const char* op);
-  static bool MemoryLayerAblated(int j);
-  static bool MemoryOverlapAblated(int j);
+  // `op` ("memory", "mem.overlap") for every memory layer, or "op.j" for layer j alone.
+  static bool AblatedForLayer(const char* op, int j);
   void ClearGraphs();
 
   std::shared_ptr<const ModelWeights> w_;

@@ -34,15 +34,10 @@ bool CudaEngine::Ablated(const char* op) {
   return !ops.empty() && ops.count(op) != 0;
 }
 
-// Each step asks these per memory layer: no per-layer name is built unless something is ablated.
-bool CudaEngine::MemoryLayerAblated(int j) {
+// Each step asks this per memory layer: no per-layer name is built unless something is ablated.
+bool CudaEngine::AblatedForLayer(const char* op, int j) {
   if (AblatedOps().empty()) return false;
-  return Ablated("memory") || Ablated(absl::StrCat("memory.", j).c_str());
-}
-
-bool CudaEngine::MemoryOverlapAblated(int j) {
-  if (AblatedOps().empty()) return false;
-  return Ablated("mem.overlap") || Ablated(absl::StrCat("mem.overlap.", j).c_str());
+  return Ablated(op) || Ablated(absl::StrCat(op, ".", j).c_str());
 }
 
 void CudaEngine::Mark(const char* op, cudaStream_t stream) {

@@ -42,6 +42,14 @@ ABSL_FLAG(int, chain_kernels, 60,
 namespace ultramem {
 namespace {
 
+// The SM clock in kHz, to turn the traces' clock64() cycles into µs.
+int SmClockKhz() {
+  int device = 0, khz = 1;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device);
+  return khz;
+}
+
 // UM_CUDA_GEMV_TRACE=1: one more graph replay of the last step (with its warm-up replays), then
 // the staged GEMV's timeline by product shape (block 0 of each launch; means over those replays).
 void PrintGemvTrace(Engine* engine) {
@@ -49,9 +57,7 @@ void PrintGemvTrace(Engine* engine) {
   if (!CudaReplayLastStepMicros(engine, 1, true).ok()) return;
   std::vector<cuda::GemvTraceRecord> recs = cuda::TakeGemvTrace();
   if (recs.empty()) return;
-  int device = 0, khz = 1;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device);
+  const int khz = SmClockKhz();
   const double us_per_cycle = 1e3 / khz;
   std::map<std::pair<int, int>, std::vector<const cuda::GemvTraceRecord*>> by_shape;
   for (const auto& r : recs) by_shape[{r.out_dim, r.in_dim}].push_back(&r);
@@ -81,10 +87,7 @@ void PrintTopMTrace(Engine* engine) {
   if (!CudaReplayLastStepMicros(engine, 1, true).ok()) return;
   const std::vector<cuda::TopMTraceRecord> recs = cuda::TakeTopMTrace();
   if (recs.empty()) return;
-  int device = 0, khz = 1;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device);
-  const double us_per_cycle = 1e3 / khz;
+  const double us_per_cycle = 1e3 / SmClockKhz();
   double mean[6] = {}, total = 0;
   for (const auto& r : recs) {
     for (int i = 0; i < 6; ++i) mean[i] += r.cycles[i] * us_per_cycle / recs.size();
